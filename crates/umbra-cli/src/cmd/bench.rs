@@ -1,0 +1,24 @@
+//! `umbra bench ...`: throughput benchmarks (never timed tests).
+//! Kernel/training benchmarks live in `bench_kernels.rs`, Stable Diffusion ones in `bench_sd.rs`.
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// One training step (forward + backward + AdamW) of the small DDPM U-Net, the same model, batch,
+    /// optimizer and thread count as shared/bench/torch_unet_step.py; prints the median step time.
+    TrainStep(super::bench_kernels::TrainStepArgs),
+    /// Single-op figures: matmul 1024³, conv2d 3×3 64→64 forward and forward+backward.
+    Ops(super::bench_kernels::OpsArgs),
+    /// Seconds per UNet evaluation and peak memory for an SD architecture with random weights.
+    Unet(super::bench_sd::UnetArgs),
+    /// Seconds per VAE decode and peak memory for an SD architecture with random weights.
+    Vae(super::bench_sd::VaeArgs),
+}
+
+pub fn run(c: Command) -> anyhow::Result<()> {
+    match c {
+        Command::TrainStep(a) => super::bench_kernels::train_step(a),
+        Command::Ops(a) => super::bench_kernels::ops(a),
+        Command::Unet(a) => super::bench_sd::unet(a),
+        Command::Vae(a) => super::bench_sd::vae(a),
+    }
+}

@@ -1,0 +1,17 @@
+//! `umbra`: latent-variable generative models, from the ELBO to Stable Diffusion.
+
+mod cmd;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cmd::Cli::parse();
+    if let Err(err) = cmd::run(cli) {
+        // One clear line (plus its causes), never a panic trace.
+        eprintln!("error: {err}");
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,82 @@
+//! Reference implementations: compositions of plain candle ops whose autograd is correct.
+//! They are the ground truth the fast kernels are tested against, and the path used on devices
+//! without a fast kernel.
+
+use candle_core::{DType, Result, Tensor, D};
+
+pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+    let y = x.conv2d(w, padding, stride, 1, 1)?;
+    match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (b, c) = (dims[0], dims[1]);
+    if c % groups != 0 {
+        candle_core::bail!("group_norm: {c} channels are not divisible into {groups} groups");
+    }
+    let xg = x.reshape((b, groups, ()))?;
+    let mean = xg.mean_keepdim(D::Minus1)?;
+    let xc = xg.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?.reshape(dims.as_slice())?;
+    let mut shape = vec![1usize; dims.len()];
+    shape[1] = c;
+    xn.broadcast_mul(&gamma.reshape(shape.as_slice())?)?
+        .broadcast_add(&beta.reshape(shape.as_slice())?)
+}
+
+pub fn group_norm_silu(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    silu(&group_norm(x, groups, gamma, beta, eps)?)
+}
+
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(gamma)?;
+    match beta {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let logits = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    let logits = match mask {
+        Some(m) => logits.broadcast_add(&m.to_dtype(logits.dtype())?)?,
+        None => logits,
+    };
+    softmax_last_dim(&logits)?.matmul(&v.contiguous()?)
+}
+
+pub fn upsample_nearest(x: &Tensor, factor: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    x.reshape((b, c, h, 1, w, 1))?
+        .broadcast_as((b, c, h, factor, w, factor))?
+        .reshape((b, c, h * factor, w * factor))
+}
+
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    // x * sigmoid(x), written with exp so the backward pass is plain autograd.
+    let one = Tensor::ones_like(x)?;
+    let denom = (one + x.neg()?.exp()?)?;
+    x.div(&denom)
+}
+
+/// The dtype used for accumulation in reductions where half precision would lose accuracy.
+pub fn accum_dtype(dt: DType) -> DType {
+    match dt {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}

@@ -1,0 +1,1 @@
+//! Solvers, guidance and pipelines. Solvers see a model only through a small trait.

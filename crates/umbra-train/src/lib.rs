@@ -1,0 +1,1 @@
+//! Trainers, EMA, atomic checkpoints with resume, JSONL metrics.

@@ -5,6 +5,11 @@ mod cmd;
 use clap::Parser;
 
 fn main() {
+    // Behave like a Unix tool when piped into `head`: exit quietly instead of panicking in println!.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cmd::Cli::parse();
     if let Err(err) = cmd::run(cli) {
         // One clear line (plus its causes), never a panic trace.

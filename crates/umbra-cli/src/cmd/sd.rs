@@ -1,23 +1,424 @@
-//! Stable Diffusion subcommands. (owner: SD pipeline work)
+//! Stable Diffusion subcommands: `txt2img`, `img2img`, `inpaint`, `tokenize`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use umbra_nn::checkpoint::{LoadOptions, StableDiffusion};
+use umbra_nn::tokenizer::ClipTokenizer;
+use umbra_sample::pipelines::{self, png_text, Generation, GenerationParams};
+use umbra_sample::{SchedulerConfig, SolverKind};
+
+const MODEL_HELP: &str = "A Stable Diffusion 1.x/2.x checkpoint: a diffusers folder (model_index.json, unet/, vae/, \
+text_encoder/, tokenizer/, scheduler/) or a single CompVis .safetensors file (then --config DIR names a diffusers \
+folder of the same architecture for the configs and the tokenizer; without it SD 1.5's / SD 2.x's standard configs \
+are used and a tokenizer/ folder is looked for next to the file). Hub names (owner/name) are not downloaded: \
+fetch the folder first, e.g. `huggingface-cli download owner/name --local-dir DIR`.";
+
+macro_rules! txt2img_about {
+    () => {
+        "Stable Diffusion text-to-image.
+
+Encodes --prompt and --negative-prompt with CLIP, starts from Gaussian latents x_T = noise · init_noise_sigma \
+(image i of a batch from seed --seed + i, or --init-noise FILE), runs --steps steps of --sampler with \
+classifier-free guidance ε̃ = ε(x, ∅) + s (ε(x, c) − ε(x, ∅)) (s = --guidance; s ≤ 1 runs the conditional model \
+only), and decodes x_0 / scaling_factor with the VAE. Writes a PNG per image whose tEXt chunks hold the prompt, \
+negative prompt, seed, steps, sampler, guidance, size and model (plus an A1111-style `parameters` chunk).
+
+Samplers: ddim (default when the checkpoint's scheduler is DDIM), euler, euler-a, dpm++2m, dpm++2m-karras, ddpm, heun. \
+Outputs match diffusers' StableDiffusionPipeline to 1/255 per pixel on the offline tiny-sd-v1 reference."
+    };
+}
+
+macro_rules! txt2img_examples {
+    () => {
+        "Examples:
+  umbra txt2img --model ../shared/reference/tiny-sd-v1/pipeline --prompt \"a photo of a cat\" --steps 4 --out cat.png
+  umbra txt2img --model ~/models/stable-diffusion-v1-5 --prompt \"an astronaut riding a horse\" \\
+      --negative-prompt \"blurry\" --steps 25 --guidance 7.5 --sampler dpm++2m-karras --seed 42 --batch 4 --out astro.png
+  umbra txt2img --model v1-5-pruned-emaonly.safetensors --config ~/models/stable-diffusion-v1-5 --prompt \"a lighthouse\" --out l.png
+  umbra txt2img --model DIR --prompt \"a cat\" --init-noise noise.safetensors --out cat.png   # reproduce a diffusers run"
+    };
+}
+
+macro_rules! img2img_about {
+    () => {
+        "Stable Diffusion image-to-image (SDEdit).
+
+Encodes --image with the VAE (a seeded sample of q(z|x), times scaling_factor), noises it to the level of step \
+steps − ⌊steps · strength⌋ and runs the remaining steps with guidance. --strength 1 ignores the image's content; \
+0.3 keeps its layout and colours. The image is resized to --width × --height (default: its own size, rounded down \
+to a multiple of 8)."
+    };
+}
+
+macro_rules! img2img_examples {
+    () => {
+        "Examples:
+  umbra img2img --model ~/models/stable-diffusion-v1-5 --image sketch.png --prompt \"a watercolour landscape\" --strength 0.6 --out wc.png
+  umbra img2img --model ../shared/reference/tiny-sd-v1/pipeline --image in.png --prompt \"a cat\" --steps 8 --out out.png"
+    };
+}
+
+macro_rules! inpaint_about {
+    () => {
+        "Stable Diffusion inpainting: repaint where --mask is white, keep the rest.
+
+With a 9-channel inpainting UNet (e.g. stable-diffusion-inpainting) the UNet sees [x_t, mask, latents of the \
+masked image]. With an ordinary 4-channel UNet, after every step the unmasked region is replaced by the \
+original latents noised to the next step's level (and by the clean latents after the last step), so it comes \
+back unchanged up to the VAE round trip. The mask is a grayscale image, thresholded at 50%."
+    };
+}
+
+macro_rules! inpaint_examples {
+    () => {
+        "Examples:
+  umbra inpaint --model ~/models/stable-diffusion-inpainting --image room.png --mask sofa-mask.png --prompt \"a red sofa\" --out sofa.png
+  umbra inpaint --model ../shared/reference/tiny-sd-v1/pipeline --image in.png --mask m.png --prompt \"a cat\" --steps 8 --out out.png"
+    };
+}
+
+macro_rules! tokenize_about {
+    () => {
+        "Print a prompt's CLIP token ids as JSON.
+
+Output: {\"input_ids\": [77 ids: <|startoftext|>, at most 75 BPE tokens, <|endoftext|>, padding], \"tokens\": [BPE \
+strings], \"truncated\": bool}. SD 1.x pads with <|endoftext|> (49407), SD 2.x with \"!\" (0), as the \
+tokenizer's tokenizer_config.json says."
+    };
+}
+
+macro_rules! tokenize_examples {
+    () => {
+        "Examples:
+  umbra tokenize --model ../shared/reference/tiny-sd-v1/pipeline \"a photo of a cat\"
+  umbra tokenize --model ~/models/stable-diffusion-v1-5/tokenizer \"A Photo OF a CAT!!\""
+    };
+}
+
+/// Everything the three pipelines share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    #[arg(long, help = "Checkpoint: a diffusers folder or a single CompVis .safetensors file", long_help = MODEL_HELP)]
+    pub model: String,
+    /// For a single-file checkpoint: a diffusers folder (configs + tokenizer/, no weights needed).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// What to generate.
+    #[arg(long)]
+    pub prompt: String,
+    /// What to steer away from (the unconditional prompt of classifier-free guidance).
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    /// Classifier-free guidance scale s (diffusers' guidance_scale).
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f64,
+    /// Seed of image 0; image i of a batch uses seed + i.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images to generate in one batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// ddim | euler | euler-a | dpm++2m | dpm++2m-karras | ddpm | heun (default: the checkpoint's scheduler, else ddim).
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Image height in pixels (multiple of 8; default: the UNet's sample_size × 8).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Image width in pixels (multiple of 8; default: the UNet's sample_size × 8).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// A .safetensors file with one tensor of unit-variance noise [batch, 4, H/8, W/8] to start from.
+    #[arg(long)]
+    pub init_noise: Option<PathBuf>,
+    /// Use the text encoder's layer `k` before the last (diffusers' clip_skip; A1111's "clip skip 2" is 1).
+    #[arg(long, default_value_t = 0)]
+    pub clip_skip: usize,
+    /// Also write OUT-preview.png: the model's x̂_0 decoded every K steps, side by side (first image).
+    #[arg(long, value_name = "K")]
+    pub preview: Option<usize>,
+    /// Override the scheduler's prediction_type: epsilon | v_prediction | sample (SD 2.x 768-v single
+    /// files without --config need v_prediction).
+    #[arg(long)]
+    pub prediction_type: Option<String>,
+    /// Output PNG; with --batch N > 1, OUT-0.png ... OUT-{N-1}.png.
+    #[arg(long, default_value = "txt2img.png")]
+    pub out: PathBuf,
+}
 
 #[derive(clap::Args, Debug)]
-pub struct Txt2ImgArgs {}
-#[derive(clap::Args, Debug)]
-pub struct Img2ImgArgs {}
-#[derive(clap::Args, Debug)]
-pub struct InpaintArgs {}
-#[derive(clap::Args, Debug)]
-pub struct TokenizeArgs {}
+#[command(long_about = txt2img_about!(), after_help = txt2img_examples!(), after_long_help = concat!(txt2img_about!(), "\n\n", txt2img_examples!()))]
+pub struct Txt2ImgArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
 
-pub fn txt2img(_a: Txt2ImgArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+#[derive(clap::Args, Debug)]
+#[command(long_about = img2img_about!(), after_help = img2img_examples!(), after_long_help = concat!(img2img_about!(), "\n\n", img2img_examples!()))]
+pub struct Img2ImgArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The starting image (PNG).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// How much of the noise schedule to re-run, in (0, 1].
+    #[arg(long, default_value_t = 0.75)]
+    pub strength: f64,
 }
-pub fn img2img(_a: Img2ImgArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+
+#[derive(clap::Args, Debug)]
+#[command(long_about = inpaint_about!(), after_help = inpaint_examples!(), after_long_help = concat!(inpaint_about!(), "\n\n", inpaint_examples!()))]
+pub struct InpaintArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The image to edit (PNG).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Grayscale mask (PNG), white = repaint, black = keep.
+    #[arg(long)]
+    pub mask: PathBuf,
+    /// 1: repaint from pure noise; lower keeps more of the original under the mask.
+    #[arg(long, default_value_t = 1.0)]
+    pub strength: f64,
 }
-pub fn inpaint(_a: InpaintArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+
+#[derive(clap::Args, Debug)]
+#[command(long_about = tokenize_about!(), after_help = tokenize_examples!(), after_long_help = concat!(tokenize_about!(), "\n\n", tokenize_examples!()))]
+pub struct TokenizeArgs {
+    /// A diffusers folder (uses tokenizer/), or a tokenizer folder (tokenizer.json or vocab.json + merges.txt).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The prompt.
+    pub prompt: String,
 }
-pub fn tokenize(_a: TokenizeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+
+fn resolve_model(m: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(m);
+    if p.exists() {
+        return Ok(p);
+    }
+    let looks_like_hub = m.split('/').count() == 2 && !m.starts_with('.') && !m.ends_with(".safetensors");
+    if looks_like_hub {
+        bail!(
+            "{m} is not a local path. umbra does not download from the Hugging Face Hub; fetch the folder first, \
+             e.g. `huggingface-cli download {m} --local-dir models/{name}` (the safetensors weights, configs and \
+             tokenizer/ are enough), then pass --model models/{name}",
+            name = m.split('/').nth(1).unwrap_or(m)
+        );
+    }
+    bail!("--model {m}: no such file or folder (pass a diffusers folder or a single .safetensors checkpoint)")
+}
+
+fn load(c: &CommonArgs) -> Result<(StableDiffusion, SchedulerConfig, SolverKind, String)> {
+    let path = resolve_model(&c.model)?;
+    let t0 = Instant::now();
+    let opts = LoadOptions { config_dir: c.config.clone(), dtype: DType::F32, device: Device::Cpu };
+    let sd = StableDiffusion::load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
+    eprintln!("loaded {} in {:.1}s", path.display(), t0.elapsed().as_secs_f64());
+    let sched = match &sd.scheduler_config {
+        Some(v) => SchedulerConfig::from_json_str(&v.to_string()).context("reading the checkpoint's scheduler_config.json")?,
+        None => SchedulerConfig::stable_diffusion(),
+    };
+    let mut sched = sched;
+    if let Some(pt) = &c.prediction_type {
+        sched.prediction_type = serde_json::from_value(serde_json::Value::String(pt.clone()))
+            .map_err(|_| anyhow::anyhow!("--prediction-type {pt}: expected epsilon, v_prediction or sample"))?;
+    }
+    for (what, text) in [("--prompt", &c.prompt), ("--negative-prompt", &c.negative_prompt)] {
+        if sd.tokenizer.is_truncated(text)? {
+            eprintln!(
+                "warning: {what} is longer than {} tokens; the rest is ignored (as in diffusers)",
+                sd.tokenizer.max_length - 2
+            );
+        }
+    }
+    let solver = match &c.sampler {
+        Some(s) => s.parse::<SolverKind>()?,
+        None => sched.default_solver(),
+    };
+    if matches!(solver, SolverKind::Langevin | SolverKind::PredictorCorrector) {
+        bail!("--sampler {solver} is for score models in `umbra sample diffusion`; use ddim, euler, euler-a, dpm++2m, dpm++2m-karras, ddpm or heun");
+    }
+    let model_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| c.model.clone());
+    Ok((sd, sched, solver, model_name))
+}
+
+fn read_init_noise(path: &Path) -> Result<Tensor> {
+    let ts = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("reading --init-noise {}", path.display()))?;
+    if ts.len() != 1 {
+        let keys: Vec<&String> = ts.keys().collect();
+        bail!("--init-noise {} must hold exactly one tensor, it holds {}: {keys:?}", path.display(), ts.len());
+    }
+    Ok(ts.into_values().next().expect("one tensor").to_dtype(DType::F32)?)
+}
+
+fn params(c: &CommonArgs, sd: &StableDiffusion, solver: SolverKind, size: Option<(usize, usize)>) -> Result<GenerationParams> {
+    let default_side = sd.unet.config.sample_size.unwrap_or(64) * sd.vae.downsample_factor();
+    let (dw, dh) = size.unwrap_or((default_side, default_side));
+    if c.preview == Some(0) {
+        bail!("--preview K needs K ≥ 1");
+    }
+    let init_noise = c.init_noise.as_deref().map(read_init_noise).transpose()?;
+    Ok(GenerationParams {
+        prompt: c.prompt.clone(),
+        negative_prompt: c.negative_prompt.clone(),
+        steps: c.steps,
+        guidance_scale: c.guidance,
+        seed: c.seed,
+        batch: c.batch,
+        height: c.height.unwrap_or(dh),
+        width: c.width.unwrap_or(dw),
+        solver,
+        clip_skip: c.clip_skip,
+        init_noise,
+        progress: true,
+        trace: false,
+        preview_every: c.preview.unwrap_or(0),
+    })
+}
+
+fn out_path(out: &Path, i: usize, n: usize, suffix: &str) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    let name = if n > 1 { format!("{stem}-{i}{suffix}.png") } else { format!("{stem}{suffix}.png") };
+    out.with_file_name(name)
+}
+
+fn save(g: &Generation, c: &CommonArgs, p: &GenerationParams, model: &str, extra: &[(String, String)]) -> Result<()> {
+    if let Some(dir) = c.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let rgbs = pipelines::to_rgb8(&g.images)?;
+    for (i, rgb) in rgbs.iter().enumerate() {
+        let seed = g.seeds[i];
+        let seed_text = if p.init_noise.is_some() { format!("{seed} (initial noise from --init-noise)") } else { seed.to_string() };
+        let mut text = vec![
+            ("prompt".to_string(), p.prompt.clone()),
+            ("negative_prompt".to_string(), p.negative_prompt.clone()),
+            ("seed".to_string(), seed_text),
+            ("steps".to_string(), p.steps.to_string()),
+            ("sampler".to_string(), p.solver.to_string()),
+            ("guidance".to_string(), p.guidance_scale.to_string()),
+            ("width".to_string(), p.width.to_string()),
+            ("height".to_string(), p.height.to_string()),
+            ("clip_skip".to_string(), p.clip_skip.to_string()),
+            ("model".to_string(), model.to_string()),
+        ];
+        text.extend_from_slice(extra);
+        let mut a1111 = format!(
+            "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+            p.prompt, p.negative_prompt, p.steps, p.solver, p.guidance_scale, seed, p.width, p.height, model
+        );
+        for (k, v) in extra {
+            a1111.push_str(&format!(", {k}: {v}"));
+        }
+        text.push(("parameters".to_string(), a1111));
+        text.push(("Software".to_string(), format!("umbra {}", env!("CARGO_PKG_VERSION"))));
+        let path = out_path(&c.out, i, rgbs.len(), "");
+        png_text::write_png_with_text(&path, p.width as u32, p.height as u32, rgb, &text)?;
+        println!("wrote {} (seed {seed})", path.display());
+    }
+    if !g.previews.is_empty() {
+        let strip: Vec<Tensor> = g.previews.iter().map(|(_, im)| im.narrow(0, 0, 1)).collect::<candle_core::Result<_>>()?;
+        let strip = pipelines::hstack(&strip)?;
+        let rgb = pipelines::to_rgb8(&strip)?.remove(0);
+        let steps: Vec<String> = g.previews.iter().map(|(s, _)| (s + 1).to_string()).collect();
+        let path = out_path(&c.out, 0, 1, "-preview");
+        let text = vec![("preview_steps".to_string(), steps.join(","))];
+        png_text::write_png_with_text(&path, (p.width * g.previews.len()) as u32, p.height as u32, &rgb, &text)?;
+        println!("wrote {} (x̂_0 after steps {})", path.display(), steps.join(", "));
+    }
+    Ok(())
+}
+
+/// Load a PNG as `[1, C, H, W]` in [-1, 1] (RGB) or [0, 1] (mask, luma), resized to `size` if given.
+fn load_image(path: &Path, size: Option<(usize, usize)>, mask: bool) -> Result<(Tensor, usize, usize)> {
+    let img = image::open(path).with_context(|| format!("reading {} (PNG images are supported)", path.display()))?;
+    let (w0, h0) = (img.width() as usize, img.height() as usize);
+    let (w, h) = size.unwrap_or(((w0 / 8) * 8, (h0 / 8) * 8));
+    if w == 0 || h == 0 {
+        bail!("{} is {w0}x{h0}: too small (at least 8x8)", path.display());
+    }
+    let img = if (w, h) != (w0, h0) {
+        img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Lanczos3)
+    } else {
+        img
+    };
+    let t = if mask {
+        let g = img.to_luma8().into_raw();
+        let v: Vec<f32> = g.iter().map(|&x| x as f32 / 255.0).collect();
+        Tensor::from_vec(v, (1, 1, h, w), &Device::Cpu)?
+    } else {
+        let rgb = img.to_rgb8().into_raw();
+        let v: Vec<f32> = rgb.iter().map(|&x| x as f32 / 127.5 - 1.0).collect();
+        Tensor::from_vec(v, (1, h, w, 3), &Device::Cpu)?.permute((0, 3, 1, 2))?.contiguous()?
+    };
+    Ok((t, w, h))
+}
+
+fn image_size(c: &CommonArgs) -> Option<(usize, usize)> {
+    match (c.width, c.height) {
+        (Some(w), Some(h)) => Some((w, h)),
+        _ => None,
+    }
+}
+
+pub fn txt2img(a: Txt2ImgArgs) -> Result<()> {
+    let c = &a.common;
+    let (sd, sched, solver, model) = load(c)?;
+    let p = params(c, &sd, solver, None)?;
+    let t0 = Instant::now();
+    let g = pipelines::txt2img(&sd, &sched, &p)?;
+    eprintln!("generated {} image(s) {}x{} in {:.1}s ({} steps, {solver})", p.batch, p.width, p.height, t0.elapsed().as_secs_f64(), p.steps);
+    save(&g, c, &p, &model, &[])
+}
+
+pub fn img2img(a: Img2ImgArgs) -> Result<()> {
+    let c = &a.common;
+    let (sd, sched, solver, model) = load(c)?;
+    let (image, w, h) = load_image(&a.image, image_size(c), false)?;
+    let p = params(c, &sd, solver, Some((w, h)))?;
+    let t0 = Instant::now();
+    let g = pipelines::img2img(&sd, &sched, &p, &image, a.strength)?;
+    eprintln!("generated {} image(s) {}x{} in {:.1}s", p.batch, p.width, p.height, t0.elapsed().as_secs_f64());
+    let extra = [("strength".to_string(), a.strength.to_string()), ("init_image".to_string(), a.image.display().to_string())];
+    save(&g, c, &p, &model, &extra)
+}
+
+pub fn inpaint(a: InpaintArgs) -> Result<()> {
+    let c = &a.common;
+    let (sd, sched, solver, model) = load(c)?;
+    let (image, w, h) = load_image(&a.image, image_size(c), false)?;
+    let (mask, _, _) = load_image(&a.mask, Some((w, h)), true)?;
+    let p = params(c, &sd, solver, Some((w, h)))?;
+    let t0 = Instant::now();
+    let g = pipelines::inpaint(&sd, &sched, &p, &image, &mask, a.strength)?;
+    eprintln!("generated {} image(s) {}x{} in {:.1}s", p.batch, p.width, p.height, t0.elapsed().as_secs_f64());
+    let extra = [
+        ("strength".to_string(), a.strength.to_string()),
+        ("init_image".to_string(), a.image.display().to_string()),
+        ("mask".to_string(), a.mask.display().to_string()),
+    ];
+    save(&g, c, &p, &model, &extra)
+}
+
+pub fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let dir = if a.model.join("tokenizer").is_dir() { a.model.join("tokenizer") } else { a.model.clone() };
+    if !dir.is_dir() {
+        bail!("--model {}: not a folder (pass a diffusers folder or its tokenizer/ folder)", a.model.display());
+    }
+    let tok = ClipTokenizer::from_dir(&dir)?;
+    let ids = tok.encode(&a.prompt)?;
+    let tokens = tok.tokens(&a.prompt)?;
+    let out = serde_json::json!({
+        "input_ids": ids,
+        "tokens": tokens,
+        "truncated": tok.is_truncated(&a.prompt)?,
+    });
+    println!("{out}");
+    Ok(())
 }

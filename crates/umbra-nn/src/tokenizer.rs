@@ -1,0 +1,206 @@
+//! CLIP's byte-level BPE tokenizer, as Stable Diffusion uses it: lower-cased, NFC-normalised text,
+//! `<|startoftext|>` + at most 75 BPE tokens + `<|endoftext|>`, padded to 77 positions.
+//!
+//! SD 1.x pads with `<|endoftext|>` (49407); SD 2.x (open_clip) pads with `!` (id 0). The pad token is
+//! read from the folder's `tokenizer_config.json` (or `special_tokens_map.json`).
+//!
+//! Two sources give identical ids: a `tokenizer.json` (either merges format, `"a b"` strings or
+//! `["a", "b"]` pairs), or the classic `vocab.json` + `merges.txt` pair, for which the same
+//! normaliser / pre-tokeniser pipeline is assembled here.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{Lowercase, Replace, Sequence as NormSequence, NFC};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+/// CLIP's start-of-text token.
+pub const BOS_TOKEN: &str = "<|startoftext|>";
+/// CLIP's end-of-text token (also SD 1.x's padding and unknown token).
+pub const EOS_TOKEN: &str = "<|endoftext|>";
+/// The context length of every CLIP text encoder used by Stable Diffusion.
+pub const MAX_LENGTH: usize = 77;
+
+/// CLIP's pre-tokenisation pattern (words, single digits, punctuation runs, English contractions).
+const CLIP_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("tokenizer folder {0}: neither tokenizer.json nor vocab.json + merges.txt found (a diffusers checkpoint keeps them under tokenizer/)")]
+    NotFound(PathBuf),
+    #[error("could not read tokenizer file {path}: {msg}")]
+    Load { path: PathBuf, msg: String },
+    #[error("the vocabulary has no token {0:?}; is this a CLIP tokenizer?")]
+    MissingToken(String),
+    #[error("tokenizing failed: {0}")]
+    Encode(String),
+    #[error("max_length {0} is too small: it must leave room for <|startoftext|> and <|endoftext|>")]
+    MaxLength(usize),
+}
+
+pub type Result<T> = std::result::Result<T, TokenizerError>;
+
+/// The CLIP tokenizer with Stable Diffusion's fixed-length framing.
+#[derive(Clone)]
+pub struct ClipTokenizer {
+    inner: Tokenizer,
+    pub bos_id: u32,
+    pub eos_id: u32,
+    pub pad_id: u32,
+    pub max_length: usize,
+}
+
+impl std::fmt::Debug for ClipTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipTokenizer")
+            .field("bos_id", &self.bos_id)
+            .field("eos_id", &self.eos_id)
+            .field("pad_id", &self.pad_id)
+            .field("max_length", &self.max_length)
+            .finish()
+    }
+}
+
+fn load_err(path: &Path, e: impl std::fmt::Display) -> TokenizerError {
+    TokenizerError::Load { path: path.to_path_buf(), msg: e.to_string() }
+}
+
+/// What a tokenizer folder's `tokenizer_config.json` / `special_tokens_map.json` say about padding.
+fn read_pad_token(dir: &Path) -> Option<(String, Option<usize>)> {
+    let mut pad = None;
+    let mut max_len = None;
+    for name in ["special_tokens_map.json", "tokenizer_config.json"] {
+        let Ok(text) = std::fs::read_to_string(dir.join(name)) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        if let Some(p) = v.get("pad_token") {
+            // Either a plain string or an AddedToken object {"content": ...}.
+            let s = p.as_str().map(str::to_string).or_else(|| p.get("content").and_then(|c| c.as_str()).map(str::to_string));
+            if s.is_some() {
+                pad = s;
+            }
+        }
+        if let Some(m) = v.get("model_max_length").and_then(|m| m.as_u64()) {
+            if m as usize <= 4096 {
+                max_len = Some(m as usize);
+            }
+        }
+    }
+    pad.map(|p| (p, max_len))
+}
+
+impl ClipTokenizer {
+    /// Load from a diffusers `tokenizer/` folder: `tokenizer.json` when present and readable,
+    /// otherwise `vocab.json` + `merges.txt`. The pad token comes from `tokenizer_config.json`
+    /// (SD 1.x: `<|endoftext|>`, SD 2.x: `!`); `<|endoftext|>` if the folder does not say.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let (pad, max_len) = read_pad_token(dir).unwrap_or((EOS_TOKEN.to_string(), None));
+        let max_len = max_len.unwrap_or(MAX_LENGTH);
+        let json = dir.join("tokenizer.json");
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let tok = if json.is_file() {
+            match Self::from_tokenizer_json(&json, &pad) {
+                Ok(t) => t,
+                Err(e) if vocab.is_file() && merges.is_file() => {
+                    // Older/newer tokenizer.json dialects: the vocab/merges pair is authoritative.
+                    let _ = e;
+                    Self::from_vocab_merges(&vocab, &merges, &pad)?
+                }
+                Err(e) => return Err(e),
+            }
+        } else if vocab.is_file() && merges.is_file() {
+            Self::from_vocab_merges(&vocab, &merges, &pad)?
+        } else {
+            return Err(TokenizerError::NotFound(dir.to_path_buf()));
+        };
+        tok.with_max_length(max_len)
+    }
+
+    /// Load a `tokenizer.json` (as written by transformers); `pad_token` names the padding token.
+    pub fn from_tokenizer_json(path: impl AsRef<Path>, pad_token: &str) -> Result<Self> {
+        let path = path.as_ref();
+        let mut inner = Tokenizer::from_file(path).map_err(|e| load_err(path, e))?;
+        // We frame the sequence ourselves (BOS, truncation, EOS, padding).
+        inner.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        inner.with_truncation(None).map_err(|e| load_err(path, e))?;
+        inner.with_padding(None);
+        Self::finish(inner, pad_token)
+    }
+
+    /// Assemble CLIP's tokenizer from `vocab.json` + `merges.txt` (the OpenAI BPE files).
+    pub fn from_vocab_merges(vocab: impl AsRef<Path>, merges: impl AsRef<Path>, pad_token: &str) -> Result<Self> {
+        let (vocab, merges) = (vocab.as_ref(), merges.as_ref());
+        let vs = vocab.to_str().ok_or_else(|| load_err(vocab, "path is not UTF-8"))?;
+        let ms = merges.to_str().ok_or_else(|| load_err(merges, "path is not UTF-8"))?;
+        let bpe = BPE::from_file(vs, ms)
+            .unk_token(EOS_TOKEN.to_string())
+            .continuing_subword_prefix(String::new())
+            .end_of_word_suffix("</w>".to_string())
+            .build()
+            .map_err(|e| load_err(merges, e))?;
+        let mut inner = Tokenizer::new(bpe);
+        let ws = Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
+            .map_err(|e| load_err(vocab, e))?;
+        inner
+            .with_normalizer(Some(NormSequence::new(vec![NFC.into(), ws.into(), Lowercase.into()])))
+            .map_err(|e| load_err(vocab, e))?;
+        let split = Split::new(SplitPattern::Regex(CLIP_PATTERN.into()), SplitDelimiterBehavior::Removed, true)
+            .map_err(|e| load_err(vocab, e))?;
+        inner.with_pre_tokenizer(Some(PreSequence::new(vec![split.into(), ByteLevel::new(false, true, true).into()])));
+        inner
+            .add_special_tokens([AddedToken::from(BOS_TOKEN, true), AddedToken::from(EOS_TOKEN, true)])
+            .map_err(|e| load_err(vocab, e))?;
+        Self::finish(inner, pad_token)
+    }
+
+    fn finish(inner: Tokenizer, pad_token: &str) -> Result<Self> {
+        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| TokenizerError::MissingToken(t.to_string()));
+        Ok(Self { bos_id: id(BOS_TOKEN)?, eos_id: id(EOS_TOKEN)?, pad_id: id(pad_token)?, max_length: MAX_LENGTH, inner })
+    }
+
+    /// Use another context length (CLIP models other than SD's may differ from 77).
+    pub fn with_max_length(mut self, max_length: usize) -> Result<Self> {
+        if max_length < 2 {
+            return Err(TokenizerError::MaxLength(max_length));
+        }
+        self.max_length = max_length;
+        Ok(self)
+    }
+
+    /// BPE ids of `text` without BOS/EOS, truncation or padding.
+    pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// BPE token strings of `text` (e.g. `"photo</w>"`), without specials.
+    pub fn tokens(&self, text: &str) -> Result<Vec<String>> {
+        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(enc.get_tokens().to_vec())
+    }
+
+    /// Stable Diffusion's framing: `[BOS] ids[..max_length-2] [EOS] [PAD]*`, exactly `max_length` ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let raw = self.encode_raw(text)?;
+        Ok(self.frame(&raw))
+    }
+
+    /// Frame already-tokenised ids: truncate to `max_length - 2`, add BOS/EOS, pad.
+    pub fn frame(&self, raw: &[u32]) -> Vec<u32> {
+        let keep = raw.len().min(self.max_length - 2);
+        let mut ids = Vec::with_capacity(self.max_length);
+        ids.push(self.bos_id);
+        ids.extend_from_slice(&raw[..keep]);
+        ids.push(self.eos_id);
+        ids.resize(self.max_length, self.pad_id);
+        ids
+    }
+
+    /// Whether `text` is longer than the context and will be truncated.
+    pub fn is_truncated(&self, text: &str) -> Result<bool> {
+        Ok(self.encode_raw(text)?.len() > self.max_length - 2)
+    }
+}

@@ -105,3 +105,52 @@ fn img2img_and_inpaint_write_images() {
     assert!(!ok && err.contains("strength"), "{err}");
     std::fs::remove_dir_all(&t).ok();
 }
+
+#[test]
+fn device_and_dtype_errors_say_what_to_do() {
+    let Some(dir) = reference_dir() else { return };
+    let model = dir.join("pipeline");
+    let m = model.to_str().unwrap();
+    let out = tmp("dev").join("x.png");
+    let base = ["txt2img", "--model", m, "--prompt", "a cat", "--steps", "1", "--out", out.to_str().unwrap()];
+    let run = |extra: &[&str]| umbra(&[&base[..], extra].concat());
+    // bf16 on the CPU: refused before anything is loaded.
+    let (ok, _, err) = run(&["--dtype", "bf16"]);
+    assert!(!ok && err.contains("bf16 is not supported on the CPU"), "{err}");
+    let (ok, _, err) = run(&["--dtype", "f64"]);
+    assert!(!ok && err.contains("expected f32, f16 or bf16"), "{err}");
+    let (ok, _, err) = run(&["--device", "tpu"]);
+    assert!(!ok && err.contains("expected cpu, cuda or cuda:N"), "{err}");
+    if !cfg!(feature = "cuda") {
+        let (ok, _, err) = run(&["--device", "cuda:0"]);
+        assert!(!ok && err.contains("--features cuda"), "{err}");
+    }
+    // f16 on the CPU runs (with a warning) and writes an image; the VAE stays f32 (force_upcast).
+    let (ok, _, err) = run(&["--dtype", "f16"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("warning: --dtype f16 on the CPU"), "{err}");
+    assert!(out.is_file());
+}
+
+#[test]
+fn hub_repo_ids_without_network() {
+    // A repo id that is not cached, with HF_HUB_OFFLINE=1: a clear error, no network.
+    let cache = tmp("hf-cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .args(["txt2img", "--model", "nobody-umbra-test/no-such-model", "--prompt", "x"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", &cache)
+        .env_remove("HF_HUB_CACHE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("HF_HUB_OFFLINE") && err.contains("no cached snapshot"), "{err}");
+    if !cfg!(feature = "hub") {
+        let (ok, _, err) = umbra(&["txt2img", "--model", "nobody-umbra-test/no-such-model", "--prompt", "x"]);
+        assert!(!ok && err.contains("huggingface-cli download nobody-umbra-test/no-such-model"), "{err}");
+    }
+    // A missing local path is not mistaken for a repo id.
+    let (ok, _, err) = umbra(&["txt2img", "--model", "./no/such/dir", "--prompt", "x"]);
+    assert!(!ok && err.contains("no such file or folder"), "{err}");
+}

@@ -417,13 +417,14 @@ impl AutoencoderKL {
     }
 
     /// Loads a diffusers `vae/` folder (`config.json` + `diffusion_pytorch_model.safetensors`, memory-mapped)
-    /// with the same full key check as the UNet.
+    /// with the same full key check as the UNet. diffusers' pre-0.14 mid-block attention names
+    /// (`query`/`key`/`value`/`proj_attn`) are accepted too ([`crate::checkpoint::vae_legacy_key`]).
     pub fn from_diffusers_dir(dir: impl AsRef<Path>, device: &Device, dtype: DType) -> std::result::Result<Self, LoadError> {
         let dir = dir.as_ref();
         let cfg: Config = weights::read_config(&dir.join("config.json"))?;
         cfg.validate().map_err(|e| LoadError::Config { path: dir.join("config.json"), msg: e })?;
         let files = weights::find_weights(dir)?;
-        weights::load_checked(&files, device, dtype, "AutoencoderKL", |vb| Self::new(vb, &cfg))
+        weights::load_checked_renamed(&files, device, dtype, "AutoencoderKL", crate::checkpoint::vae_legacy_key, |vb| Self::new(vb, &cfg))
     }
 
     /// The spatial downsampling factor 2^(levels − 1) (8 for SD).

@@ -614,6 +614,9 @@ fn text_encoder_files(dir: &Path) -> Result<Vec<PathBuf>> {
             return Ok(files.into_iter().map(|f| dir.join(f)).collect());
         }
     }
+    if let Some(v) = unet::weights::variant_file(dir, "model") {
+        return Ok(vec![v]);
+    }
     Err(CheckpointError::Read {
         path: single,
         msg: "no model.safetensors (umbra reads safetensors only; a PyTorch .bin must be converted first)".into(),
@@ -642,12 +645,23 @@ pub fn vae_legacy_key(k: &str) -> String {
     k.to_string()
 }
 
+/// The dtype the VAE runs in for a requested pipeline `dtype`: f32 when the config says `force_upcast`
+/// (SD's VAE overflows in f16; diffusers then decodes in f32 too), else `dtype`.
+pub fn vae_dtype(cfg: &autoencoder_kl::Config, dtype: DType) -> DType {
+    if cfg.force_upcast && dtype != DType::F32 {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
 /// Load a diffusers `vae/` folder, accepting the legacy attention names as well as the current ones.
+/// The VAE is kept in f32 when `force_upcast` is set (see [`vae_dtype`]).
 pub fn load_vae_dir(dir: &Path, dtype: DType, dev: &Device) -> Result<AutoencoderKL> {
     let cfg: autoencoder_kl::Config = read_json(&dir.join("config.json"))?;
     let files = unet::weights::find_weights(dir)?;
     let w = RenamedWeights::open(&files)?.rename(|k| Some(vae_legacy_key(k)));
-    w.build("AutoencoderKL", dtype, dev, |_| false, |vb| AutoencoderKL::new(vb, &cfg))
+    w.build("AutoencoderKL", vae_dtype(&cfg, dtype), dev, |_| false, |vb| AutoencoderKL::new(vb, &cfg))
 }
 
 impl StableDiffusion {
@@ -719,7 +733,7 @@ impl StableDiffusion {
         let unet = parts.unet.build("UNet2DConditionModel (single file)", dt, dev, |_| false, |vb| {
             UNet2DConditionModel::new(vb, &unet_cfg)
         })?;
-        let vae = parts.vae.build("AutoencoderKL (single file)", dt, dev, |_| false, |vb| AutoencoderKL::new(vb, &vae_cfg))?;
+        let vae = parts.vae.build("AutoencoderKL (single file)", vae_dtype(&vae_cfg, dt), dev, |_| false, |vb| AutoencoderKL::new(vb, &vae_cfg))?;
         let n = text_cfg.num_hidden_layers;
         let text_encoder = parts.text_encoder.build(
             "CLIPTextModel (single file)",

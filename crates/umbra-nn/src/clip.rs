@@ -9,12 +9,12 @@
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::layers::{linear, LayerNorm, Linear};
 
 /// The MLP activation of a CLIP text model (`hidden_act` in transformers' config.json).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     /// x·σ(1.702x), OpenAI CLIP (SD 1.x).
@@ -54,7 +54,7 @@ fn d_eos() -> i64 {
 }
 
 /// transformers' `CLIPTextConfig` (the fields that shape the network), read from `config.json`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     #[serde(default = "d_vocab")]
     pub vocab_size: usize,

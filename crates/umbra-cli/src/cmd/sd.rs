@@ -11,10 +11,13 @@ use umbra_sample::pipelines::{self, png_text, Generation, GenerationParams};
 use umbra_sample::{SchedulerConfig, SolverKind};
 
 const MODEL_HELP: &str = "A Stable Diffusion 1.x/2.x checkpoint: a diffusers folder (model_index.json, unet/, vae/, \
-text_encoder/, tokenizer/, scheduler/) or a single CompVis .safetensors file (then --config DIR names a diffusers \
+text_encoder/, tokenizer/, scheduler/), a single CompVis .safetensors file (then --config DIR names a diffusers \
 folder of the same architecture for the configs and the tokenizer; without it SD 1.5's / SD 2.x's standard configs \
-are used and a tokenizer/ folder is looked for next to the file). Hub names (owner/name) are not downloaded: \
-fetch the folder first, e.g. `huggingface-cli download owner/name --local-dir DIR`.";
+are used and a tokenizer/ folder is looked for next to the file), or a Hugging Face Hub repo id owner/name: its \
+configs, tokenizer and safetensors weights (fp32, or --variant fp16) are downloaded into the HF cache \
+($HF_HOME/hub, default ~/.cache/huggingface/hub) with a progress bar; HF_HUB_OFFLINE=1 uses the cache only; \
+--hf-token or HF_TOKEN for gated repos. Without the `hub` feature: fetch the folder first, e.g. \
+`huggingface-cli download owner/name --local-dir DIR`.";
 
 macro_rules! txt2img_about {
     () => {
@@ -38,7 +41,9 @@ macro_rules! txt2img_examples {
   umbra txt2img --model ~/models/stable-diffusion-v1-5 --prompt \"an astronaut riding a horse\" \\
       --negative-prompt \"blurry\" --steps 25 --guidance 7.5 --sampler dpm++2m-karras --seed 42 --batch 4 --out astro.png
   umbra txt2img --model v1-5-pruned-emaonly.safetensors --config ~/models/stable-diffusion-v1-5 --prompt \"a lighthouse\" --out l.png
-  umbra txt2img --model DIR --prompt \"a cat\" --init-noise noise.safetensors --out cat.png   # reproduce a diffusers run"
+  umbra txt2img --model DIR --prompt \"a cat\" --init-noise noise.safetensors --out cat.png   # reproduce a diffusers run
+  umbra txt2img --model stabilityai/stable-diffusion-2-1 --variant fp16 --prompt \"a fox\" --out fox.png   # needs --features hub
+  umbra txt2img --model DIR --device cuda --dtype f16 --prompt \"a fox\" --out fox.png   # needs --features cuda"
     };
 }
 
@@ -149,6 +154,19 @@ pub struct CommonArgs {
     /// Output PNG; with --batch N > 1, OUT-0.png ... OUT-{N-1}.png.
     #[arg(long, default_value = "txt2img.png")]
     pub out: PathBuf,
+    /// cpu | cuda | cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32 | f16 | bf16 for the UNet and text encoder (default: f32 on CPU, f16 on CUDA). The VAE stays in
+    /// f32 when its config says force_upcast (SD's VAE overflows in f16). bf16 is CUDA only.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Hub downloads: the weight variant to fetch, e.g. fp16 (default: the fp32 safetensors).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Hub downloads: access token for gated/private repos (default: $HF_TOKEN, then the HF token file).
+    #[arg(long)]
+    pub hf_token: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -197,27 +215,81 @@ pub struct TokenizeArgs {
     pub prompt: String,
 }
 
-fn resolve_model(m: &str) -> Result<PathBuf> {
+/// `--model`: an existing path, else a Hub repo id (downloaded with the `hub` feature).
+fn resolve_model(m: &str, c: &CommonArgs) -> Result<PathBuf> {
     let p = PathBuf::from(m);
     if p.exists() {
         return Ok(p);
     }
-    let looks_like_hub = m.split('/').count() == 2 && !m.starts_with('.') && !m.ends_with(".safetensors");
-    if looks_like_hub {
+    if umbra_nn::hub::looks_like_repo_id(m) {
+        let opts = umbra_nn::hub::HubOptions {
+            token: c.hf_token.clone(),
+            variant: c.variant.clone(),
+            offline: umbra_nn::hub::offline_from_env(),
+            progress: true,
+        };
+        let dir = umbra_nn::hub::fetch_pipeline(m, &opts)?;
+        eprintln!("using {m} from {}", dir.display());
+        return Ok(dir);
+    }
+    bail!("--model {m}: no such file or folder (pass a diffusers folder, a single .safetensors checkpoint, or a Hub repo id owner/name)")
+}
+
+/// `--device`: cpu, cuda or cuda:N.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let s = s.trim().to_ascii_lowercase();
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match s.as_str() {
+        "cuda" => 0,
+        _ => match s.strip_prefix("cuda:").map(|n| n.parse::<usize>()) {
+            Some(Ok(n)) => n,
+            _ => bail!("--device {s}: expected cpu, cuda or cuda:N"),
+        },
+    };
+    if !cfg!(feature = "cuda") {
         bail!(
-            "{m} is not a local path. umbra does not download from the Hugging Face Hub; fetch the folder first, \
-             e.g. `huggingface-cli download {m} --local-dir models/{name}` (the safetensors weights, configs and \
-             tokenizer/ are enough), then pass --model models/{name}",
-            name = m.split('/').nth(1).unwrap_or(m)
+            "--device {s}: this umbra was built without CUDA support. Rebuild with `cargo build --release -p umbra-cli \
+             --features cuda` (needs the CUDA toolkit), or use --device cpu"
         );
     }
-    bail!("--model {m}: no such file or folder (pass a diffusers folder or a single .safetensors checkpoint)")
+    Device::new_cuda(ordinal).with_context(|| format!("--device {s}: cannot open CUDA device {ordinal}"))
+}
+
+/// `--dtype` for `dev` (f32 on CPU and f16 on CUDA by default); refuses bf16 on CPU, warns about f16 on CPU.
+pub fn parse_dtype(s: Option<&str>, dev: &Device) -> Result<DType> {
+    let dt = match s.map(|s| s.trim().to_ascii_lowercase()) {
+        None => {
+            if dev.is_cpu() {
+                DType::F32
+            } else {
+                DType::F16
+            }
+        }
+        Some(s) => match s.as_str() {
+            "f32" | "fp32" | "float32" => DType::F32,
+            "f16" | "fp16" | "float16" | "half" => DType::F16,
+            "bf16" | "bfloat16" => DType::BF16,
+            _ => bail!("--dtype {s}: expected f32, f16 or bf16"),
+        },
+    };
+    if dev.is_cpu() {
+        match dt {
+            DType::BF16 => bail!("--dtype bf16 is not supported on the CPU (candle has no CPU bf16 matmul); use f32 on CPU, or bf16 with --device cuda"),
+            DType::F16 => eprintln!("warning: --dtype f16 on the CPU is much slower than f32 (no native half-precision matmul); f32 is the CPU default"),
+            _ => {}
+        }
+    }
+    Ok(dt)
 }
 
 fn load(c: &CommonArgs) -> Result<(StableDiffusion, SchedulerConfig, SolverKind, String)> {
-    let path = resolve_model(&c.model)?;
+    let device = parse_device(&c.device)?;
+    let dtype = parse_dtype(c.dtype.as_deref(), &device)?;
+    let path = resolve_model(&c.model, c)?;
     let t0 = Instant::now();
-    let opts = LoadOptions { config_dir: c.config.clone(), dtype: DType::F32, device: Device::Cpu };
+    let opts = LoadOptions { config_dir: c.config.clone(), dtype, device };
     let sd = StableDiffusion::load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("loaded {} in {:.1}s", path.display(), t0.elapsed().as_secs_f64());
     let sched = match &sd.scheduler_config {
@@ -244,7 +316,11 @@ fn load(c: &CommonArgs) -> Result<(StableDiffusion, SchedulerConfig, SolverKind,
     if matches!(solver, SolverKind::Langevin | SolverKind::PredictorCorrector) {
         bail!("--sampler {solver} is for score models in `umbra sample diffusion`; use ddim, euler, euler-a, dpm++2m, dpm++2m-karras, ddpm or heun");
     }
-    let model_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| c.model.clone());
+    let model_name = if Path::new(&c.model).exists() {
+        path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| c.model.clone())
+    } else {
+        c.model.clone() // a Hub repo id
+    };
     Ok((sd, sched, solver, model_name))
 }
 

@@ -49,6 +49,11 @@ pub fn find_weights(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
             return Ok(files.into_iter().map(|f| dir.join(f)).collect());
         }
     }
+    // A variant (e.g. `diffusion_pytorch_model.fp16.safetensors`, as `--variant fp16` fetches) when the
+    // fp32 file is absent.
+    if let Some(v) = variant_file(dir, "diffusion_pytorch_model") {
+        return Ok(vec![v]);
+    }
     let extra = if dir.join("diffusion_pytorch_model.bin").is_file() {
         " (only a PyTorch .bin file is there: umbra reads safetensors only; convert it, e.g. with diffusers' \
           `save_pretrained(..., safe_serialization=True)`)"
@@ -59,6 +64,23 @@ pub fn find_weights(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         String::new()
     };
     Err(LoadError::NoWeights { dir: dir.to_path_buf(), extra })
+}
+
+/// `dir/stem.VARIANT.safetensors` (the first in name order), if any.
+pub fn variant_file(dir: &Path, stem: &str) -> Option<PathBuf> {
+    let prefix = format!("{stem}.");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".safetensors")).is_some_and(|v| !v.is_empty() && !v.contains('.'))
+            })
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 #[derive(Default)]
@@ -73,7 +95,15 @@ struct Record {
 /// missing, unexpected and mis-shaped keys can all be reported at once instead of failing on the first.
 struct CheckingBackend {
     st: MmapedSafetensors,
+    /// Model key → file key, for keys that a rename function changed (e.g. legacy VAE attention names).
+    alias: BTreeMap<String, String>,
     record: Arc<Mutex<Record>>,
+}
+
+impl CheckingBackend {
+    fn file_key<'a>(&'a self, name: &'a str) -> &'a str {
+        self.alias.get(name).map(String::as_str).unwrap_or(name)
+    }
 }
 
 impl SimpleBackend for CheckingBackend {
@@ -81,7 +111,7 @@ impl SimpleBackend for CheckingBackend {
         let mut rec = self.record.lock().expect("record lock");
         rec.requested.insert(name.to_string(), s.dims().to_vec());
         let placeholder = || Tensor::zeros(1, dtype, dev)?.broadcast_as(s.clone());
-        let view = match self.st.get(name) {
+        let view = match self.st.get(self.file_key(name)) {
             Ok(v) => v,
             Err(_) => {
                 rec.missing.push(format!("{name} {:?}", s.dims()));
@@ -98,15 +128,15 @@ impl SimpleBackend for CheckingBackend {
             return placeholder();
         }
         drop(rec);
-        self.st.load(name, dev)?.to_dtype(dtype)
+        self.st.load(self.file_key(name), dev)?.to_dtype(dtype)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.st.load(name, dev)?.to_dtype(dtype)
+        self.st.load(self.file_key(name), dev)?.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.st.get(name).is_ok()
+        self.st.get(self.file_key(name)).is_ok()
     }
 }
 
@@ -133,14 +163,29 @@ pub fn load_checked<T>(
     what: &str,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
 ) -> Result<T, LoadError> {
+    load_checked_renamed(files, device, dtype, what, |k| k.to_string(), build)
+}
+
+/// [`load_checked`] where file key `k` is seen by the model as `rename(k)` (e.g.
+/// [`crate::checkpoint::vae_legacy_key`] for diffusers' pre-0.14 VAE attention names).
+pub fn load_checked_renamed<T>(
+    files: &[PathBuf],
+    device: &Device,
+    dtype: DType,
+    what: &str,
+    rename: impl Fn(&str) -> String,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
+) -> Result<T, LoadError> {
     let shown = files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|source| LoadError::Candle { what: format!("{what}: reading {shown}"), source })?;
     let file_keys: BTreeSet<String> = st.tensors().into_iter().map(|(k, _)| k).collect();
+    let alias: BTreeMap<String, String> =
+        file_keys.iter().filter_map(|k| Some(rename(k)).filter(|n| n != k).map(|n| (n, k.clone()))).collect();
     let record = Arc::new(Mutex::new(Record::default()));
-    let vb = VarBuilder::from_backend(Box::new(CheckingBackend { st, record: record.clone() }), dtype, device.clone());
+    let vb = VarBuilder::from_backend(Box::new(CheckingBackend { st, alias, record: record.clone() }), dtype, device.clone());
     let model = build(vb).map_err(|source| LoadError::Candle { what: what.to_string(), source })?;
     let rec = record.lock().expect("record lock");
-    let unexpected: Vec<String> = file_keys.iter().filter(|k| !rec.requested.contains_key(*k)).cloned().collect();
+    let unexpected: Vec<String> = file_keys.iter().filter(|k| !rec.requested.contains_key(&rename(k))).cloned().collect();
     if rec.missing.is_empty() && unexpected.is_empty() && rec.shape_mismatch.is_empty() && rec.bad_dtype.is_empty() {
         return Ok(model);
     }

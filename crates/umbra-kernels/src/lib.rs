@@ -5,52 +5,169 @@
 //! has a *reference* implementation in [`reference`] written as a composition of plain candle ops whose
 //! backward passes are correct (candle's fused `softmax_last_dim`, `layer_norm` and `rms_norm` have no
 //! gradient, and `upsample_nearest2d`'s backward overwrites instead of accumulating). Fast CPU
-//! `CustomOp`s replace the reference where they exist; on CUDA the layer defers to candle's own ops.
+//! `CustomOp`s replace the reference for `f32` CPU tensors; other dtypes and devices (CUDA) use the
+//! reference, which on CUDA runs candle's own ops (cuDNN convolution when the `cudnn` feature is on).
+//!
+//! The fast path can be switched off for comparison with [`set_mode`] or the environment variable
+//! `UMBRA_KERNELS=reference`.
 //!
 //! Shapes follow PyTorch: images are `[B, C, H, W]`, conv weights `[C_out, C_in, K, K]`.
 
+mod attention;
+mod conv2d;
+mod cpu_storage;
+mod elementwise;
+mod group_norm;
+mod layer_norm;
+mod simd;
 pub mod reference;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Which implementation the public functions run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelMode {
+    /// Fast CPU `CustomOp`s for `f32` CPU tensors, the reference elsewhere (the default).
+    Fast,
+    /// Always the plain-candle reference compositions.
+    Reference,
+}
+
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// The current kernel mode: set by [`set_mode`], else `UMBRA_KERNELS=reference` in the environment,
+/// else [`KernelMode::Fast`].
+pub fn mode() -> KernelMode {
+    match MODE.load(Ordering::Relaxed) {
+        1 => KernelMode::Fast,
+        2 => KernelMode::Reference,
+        _ => {
+            let m = match std::env::var("UMBRA_KERNELS") {
+                Ok(v) if v.eq_ignore_ascii_case("reference") => KernelMode::Reference,
+                _ => KernelMode::Fast,
+            };
+            set_mode(m);
+            m
+        }
+    }
+}
+
+/// Selects the implementation for all later calls (process-wide).
+pub fn set_mode(m: KernelMode) {
+    MODE.store(if m == KernelMode::Fast { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Makes glibc's malloc keep freed tensor buffers (up to 32 MiB each) in the heap instead of returning
+/// them to the OS with `munmap`, so that training steps do not page-fault on every fresh activation
+/// (candle allocates a new buffer per op). Call once at startup; a no-op outside Linux/glibc.
+/// Returns true if the setting was applied.
+pub fn tune_allocator() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only changes allocator tunables; 32 MiB is glibc's maximum mmap threshold.
+        unsafe { mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 512 << 20) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+/// True when every tensor is an `f32` CPU tensor and the fast path is on.
+fn fast(ts: &[&Tensor]) -> bool {
+    mode() == KernelMode::Fast && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
 
 /// 2-D convolution, `groups = 1`, square kernel, symmetric padding: y = w ⋆ x + b.
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    reference::conv2d(x, w, b, stride, padding)
+    if fast(&[x, w]) && b.is_none_or(|b| fast(&[b])) {
+        conv2d::conv2d(x, w, b, stride, padding)
+    } else {
+        reference::conv2d(x, w, b, stride, padding)
+    }
+}
+
+/// Convolution plus a bias per image and output channel: y = w ⋆ x + b + image_bias[:, :, None, None],
+/// `image_bias: [B, C_out]` (a diffusion U-Net's projected time embedding). The fast path adds it in the
+/// convolution's output pass, saving a broadcast add over the whole activation and its backward.
+pub fn conv2d_image_bias(x: &Tensor, w: &Tensor, b: Option<&Tensor>, image_bias: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if fast(&[x, w, image_bias]) && b.is_none_or(|b| fast(&[b])) {
+        conv2d::conv2d_image_bias(x, w, b, image_bias, stride, padding)
+    } else {
+        reference::conv2d_image_bias(x, w, b, image_bias, stride, padding)
+    }
 }
 
 /// Group normalisation over `[B, C, ...]` with per-channel affine `gamma`, `beta`.
 pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    reference::group_norm(x, groups, gamma, beta, eps)
+    if fast(&[x, gamma, beta]) {
+        group_norm::group_norm(x, groups, gamma, beta, eps, false)
+    } else {
+        reference::group_norm(x, groups, gamma, beta, eps)
+    }
 }
 
 /// SiLU(GroupNorm(x)), fused where a fast kernel exists.
 pub fn group_norm_silu(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    reference::group_norm_silu(x, groups, gamma, beta, eps)
+    if fast(&[x, gamma, beta]) {
+        group_norm::group_norm(x, groups, gamma, beta, eps, true)
+    } else {
+        reference::group_norm_silu(x, groups, gamma, beta, eps)
+    }
 }
 
 /// Layer normalisation over the last dimension with affine `gamma`, `beta` (beta optional).
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    reference::layer_norm(x, gamma, beta, eps)
+    if fast(&[x, gamma]) && beta.is_none_or(|b| fast(&[b])) {
+        layer_norm::layer_norm(x, gamma, beta, eps)
+    } else {
+        reference::layer_norm(x, gamma, beta, eps)
+    }
 }
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    reference::softmax_last_dim(x)
+    if fast(&[x]) {
+        elementwise::softmax_last_dim(x)
+    } else {
+        reference::softmax_last_dim(x)
+    }
 }
 
 /// Scaled dot-product attention softmax(Q Kᵀ · scale + mask) V.
 /// `q: [..., N, D]`, `k: [..., M, D]`, `v: [..., M, Dv]`; `mask`, if any, broadcasts to `[..., N, M]`
 /// and is added to the logits (use -inf / large negative values to mask).
+///
+/// Without a mask, `f32` CPU inputs with equal leading dims run a tiled (flash-style) kernel that never
+/// materialises the N×M logits; with a mask the reference composition runs.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    reference::attention(q, k, v, scale, mask)
+    if mask.is_none() && fast(&[q, k, v]) && attention::supported(q, k, v) {
+        attention::attention(q, k, v, scale)
+    } else {
+        reference::attention(q, k, v, scale, mask)
+    }
 }
 
 /// Nearest-neighbour upsampling by an integer factor in both spatial dimensions.
 pub fn upsample_nearest(x: &Tensor, factor: usize) -> Result<Tensor> {
-    reference::upsample_nearest(x, factor)
+    if fast(&[x]) {
+        elementwise::upsample_nearest(x, factor)
+    } else {
+        reference::upsample_nearest(x, factor)
+    }
 }
 
 /// SiLU(x) = x · sigmoid(x).
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    reference::silu(x)
+    if fast(&[x]) {
+        elementwise::silu(x)
+    } else {
+        reference::silu(x)
+    }
 }

@@ -12,6 +12,12 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding
     }
 }
 
+/// conv2d(x, w, b) + image_bias[:, :, None, None] with `image_bias: [B, C_out]`.
+pub fn conv2d_image_bias(x: &Tensor, w: &Tensor, b: Option<&Tensor>, image_bias: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let (n, c) = image_bias.dims2()?;
+    conv2d(x, w, b, stride, padding)?.broadcast_add(&image_bias.reshape((n, c, 1, 1))?)
+}
+
 pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (b, c) = (dims[0], dims[1]);

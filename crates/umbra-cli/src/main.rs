@@ -10,6 +10,8 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Keep freed activation buffers in the process instead of page-faulting them back in every step.
+    umbra_kernels::tune_allocator();
     let cli = cmd::Cli::parse();
     if let Err(err) = cmd::run(cli) {
         // One clear line (plus its causes), never a panic trace.

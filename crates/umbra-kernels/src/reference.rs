@@ -24,11 +24,13 @@ pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps:
     if c % groups != 0 {
         candle_core::bail!("group_norm: {c} channels are not divisible into {groups} groups");
     }
-    let xg = x.reshape((b, groups, ()))?;
+    // Statistics in f32 for half-precision input: an f16 sum over a 64×64 group overflows its mantissa.
+    let dt = x.dtype();
+    let xg = x.reshape((b, groups, ()))?.to_dtype(accum_dtype(dt))?;
     let mean = xg.mean_keepdim(D::Minus1)?;
     let xc = xg.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?.reshape(dims.as_slice())?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?.reshape(dims.as_slice())?.to_dtype(dt)?;
     let mut shape = vec![1usize; dims.len()];
     shape[1] = c;
     xn.broadcast_mul(&gamma.reshape(shape.as_slice())?)?
@@ -40,10 +42,12 @@ pub fn group_norm_silu(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor,
 }
 
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
+    let dt = x.dtype();
+    let xa = x.to_dtype(accum_dtype(dt))?;
+    let mean = xa.mean_keepdim(D::Minus1)?;
+    let xc = xa.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(gamma)?;
+    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dt)?.broadcast_mul(gamma)?;
     match beta {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),

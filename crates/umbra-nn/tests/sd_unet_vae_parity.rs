@@ -313,13 +313,10 @@ fn half_precision_unet_stays_close_to_f32() {
     assert!(d < 2e-2, "f16 UNet diff {d}");
 }
 
-/// Known gap, kept as the acceptance test for the fix: on CPU, candle sums f16 tensors in f16 (a sum of
-/// 16384 values of ~3 stalls at 16384), so the kernel layer's group norm in f16 is wrong by up to ~0.9 on
-/// 64×64 maps. The VAE's high-resolution blocks show it (max diff 0.16 here); the small UNet maps do not.
-/// diffusers itself keeps SD's VAE in f32 (`force_upcast`). Passes once `umbra_kernels::group_norm`
-/// accumulates half-precision inputs in f32.
+/// On CPU, candle sums f16 tensors in f16 (a sum of 16384 values of ~3 stalls at 16384); the kernel layer's
+/// norms therefore take their statistics in f32. This guards that: the VAE's 64×64 blocks would be off by
+/// ~0.16 otherwise. (diffusers itself keeps SD's VAE in f32 via `force_upcast`.)
 #[test]
-#[ignore = "fails until umbra_kernels::group_norm accumulates f16 in f32"]
 fn half_precision_vae_stays_close_to_f32() {
     let Some(dir) = reference_dir() else { return };
     let r = reference(&dir);

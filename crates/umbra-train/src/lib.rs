@@ -1,1 +1,46 @@
 //! Trainers, EMA, atomic checkpoints with resume, JSONL metrics.
+//!
+//! The infrastructure (optimizer with saveable state, checkpoints, metrics, progress bars, curves)
+//! is model-agnostic; [`vae_trainer`] is the VAE/HVAE training loop built on it.
+
+pub mod checkpoint;
+pub mod curves;
+pub mod init;
+pub mod metrics;
+pub mod optim;
+pub mod progress;
+pub mod vae_trainer;
+pub mod classifier_trainer;
+pub mod sample_metrics;
+pub mod ema;
+pub mod diffusion_trainer;
+
+pub use checkpoint::Checkpoint;
+pub use optim::{AdamW, AdamWConfig};
+
+use std::path::{Path, PathBuf};
+
+/// Errors from training infrastructure, each saying what went wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("corrupt checkpoint: {0}")]
+    Corrupt(String),
+    #[error("checkpoint mismatch: {0}")]
+    Mismatch(String),
+    #[error("{0}")]
+    Missing(String),
+    #[error("plot: {0}")]
+    Plot(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl TrainError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.to_path_buf(), source }
+    }
+}

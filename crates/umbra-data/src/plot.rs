@@ -22,6 +22,7 @@ pub fn register_font() {
 }
 
 use crate::error::{DataError, Result};
+use plotters::coord::types::RangedCoordf32;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
@@ -142,6 +143,23 @@ fn is_svg(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"))
 }
 
+/// Saves the figure `draw` makes of drawing area `root` to `path`, `size` pixels square (at least 200):
+/// SVG when `path` ends in `.svg`, else PNG. A macro because `draw` is generic over the backend.
+macro_rules! save_square {
+    ($path:expr, $size:expr, |$root:ident| $draw:expr) => {{
+        let (path, size): (&Path, u32) = ($path, $size.max(200));
+        register_font();
+        prepare_dir(path)?;
+        let r = if is_svg(path) {
+            let $root = SVGBackend::new(path, (size, size)).into_drawing_area();
+            $draw
+        } else {
+            draw_png(path, size, |$root| $draw)
+        };
+        r.map_err(|e| plot_err(path, e))
+    }};
+}
+
 /// Scatter plot of one or more point sets (PNG, or SVG when `path` ends in `.svg`), `size` pixels
 /// square. Sets are drawn in order, so put the reference data first and samples on top.
 pub fn save_scatter(path: &Path, title: &str, sets: &[ScatterSet], range: Option<Range2d>, size: u32) -> Result<()> {
@@ -159,15 +177,27 @@ pub fn save_scatter(path: &Path, title: &str, sets: &[ScatterSet], range: Option
         }
     }
     let range = range.unwrap_or_else(|| auto_range(sets.iter().map(|s| s.points)));
-    register_font();
-    prepare_dir(path)?;
-    let size = size.max(200);
-    let r = if is_svg(path) {
-        draw_scatter(SVGBackend::new(path, (size, size)).into_drawing_area(), title, sets, range)
-    } else {
-        draw_png(path, size, |root| draw_scatter(root, title, sets, range))
-    };
-    r.map_err(|e| plot_err(path, e))
+    save_square!(path, size, |root| draw_scatter(root, title, sets, range))
+}
+
+/// The frame every 2-D figure shares: a white background and a captioned chart over `range`.
+fn chart_2d<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    range: Range2d,
+) -> std::result::Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf32, RangedCoordf32>>, String>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(range[0]..range[1], range[2]..range[3])
+        .map_err(e)
 }
 
 fn draw_scatter<DB: DrawingBackend>(
@@ -180,14 +210,7 @@ where
     DB::ErrorType: 'static,
 {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    root.fill(&WHITE).map_err(e)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d(range[0]..range[1], range[2]..range[3])
-        .map_err(e)?;
+    let mut chart = chart_2d(&root, title, range)?;
     chart.configure_mesh().light_line_style(WHITE.mix(0.0)).draw().map_err(e)?;
     // Smaller, more transparent dots for big sets so density stays visible.
     let total: usize = sets.iter().map(|s| s.points.len()).sum();
@@ -274,15 +297,7 @@ pub fn save_density(
     let bins = bins.clamp(2, 1000);
     let h = histogram2d(points, bins, range);
     let max = h.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
-    register_font();
-    prepare_dir(path)?;
-    let size = size.max(200);
-    let r = if is_svg(path) {
-        draw_density(SVGBackend::new(path, (size, size)).into_drawing_area(), title, &h, max, range)
-    } else {
-        draw_png(path, size, |root| draw_density(root, title, &h, max, range))
-    };
-    r.map_err(|e| plot_err(path, e))
+    save_square!(path, size, |root| draw_density(root, title, &h, max, range))
 }
 
 fn draw_density<DB: DrawingBackend>(
@@ -296,14 +311,7 @@ where
     DB::ErrorType: 'static,
 {
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    root.fill(&WHITE).map_err(e)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d(range[0]..range[1], range[2]..range[3])
-        .map_err(e)?;
+    let mut chart = chart_2d(&root, title, range)?;
     chart.configure_mesh().disable_mesh().draw().map_err(e)?;
     let bins = h.len();
     let (dx, dy) = ((range[1] - range[0]) / bins as f32, (range[3] - range[2]) / bins as f32);

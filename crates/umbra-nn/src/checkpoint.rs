@@ -9,18 +9,18 @@
 //! with a full check: missing keys, unexpected keys, wrong shapes and non-float dtypes are all listed
 //! in one error.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 
 use crate::autoencoder_kl::{self, AutoencoderKL};
 use crate::clip::{self, ClipTextModel};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
+use crate::unet::weights::CheckedSource;
 use crate::unet::{self, UNet2DConditionModel};
 
 #[derive(Debug, thiserror::Error)]
@@ -176,87 +176,32 @@ impl RenamedWeights {
         ignore: impl Fn(&str) -> bool,
         build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
     ) -> Result<T> {
-        let record = Arc::new(Mutex::new(Record::default()));
-        let backend = Checking { w: self.clone(), record: record.clone() };
-        let vb = VarBuilder::from_backend(Box::new(backend), dtype, dev.clone());
-        let model = build(vb).map_err(|source| CheckpointError::Candle { what: what.to_string(), source })?;
-        let rec = record.lock().expect("record lock");
-        let unexpected: Vec<String> =
-            self.map.keys().filter(|k| !rec.requested.contains(*k) && !ignore(k)).cloned().collect();
-        if rec.missing.is_empty() && unexpected.is_empty() && rec.shape.is_empty() && rec.dtype.is_empty() {
-            return Ok(model);
+        let hint = "Check that the config belongs to these weights (for a single-file checkpoint pass --config DIR, \
+                    a diffusers folder of the same architecture).";
+        match unet::weights::build_checked(self.clone(), dtype, dev, ignore, ("checkpoint", hint), build) {
+            Ok(Ok(model)) => Ok(model),
+            Ok(Err(report)) => Err(CheckpointError::Mismatch { what: what.to_string(), path: self.path.clone(), report }),
+            Err(source) => Err(CheckpointError::Candle { what: what.to_string(), source }),
         }
-        let mut report = String::new();
-        list("missing keys (the model needs them, the checkpoint lacks them)", &rec.missing, &mut report);
-        list("unexpected keys (in the checkpoint, not used by the model)", &unexpected, &mut report);
-        list("shape mismatches", &rec.shape, &mut report);
-        list("tensors with a non-float dtype", &rec.dtype, &mut report);
-        report.push_str(
-            "Check that the config belongs to these weights (for a single-file checkpoint pass --config DIR, \
-             a diffusers folder of the same architecture).",
-        );
-        Err(CheckpointError::Mismatch { what: what.to_string(), path: self.path.clone(), report })
     }
 }
 
-fn list(title: &str, items: &[String], out: &mut String) {
-    if items.is_empty() {
-        return;
-    }
-    out.push_str(&format!("  {} {title}:\n", items.len()));
-    for it in items.iter().take(20) {
-        out.push_str(&format!("    {it}\n"));
-    }
-    if items.len() > 20 {
-        out.push_str(&format!("    ... and {} more\n", items.len() - 20));
-    }
-}
-
-#[derive(Default)]
-struct Record {
-    requested: BTreeSet<String>,
-    missing: Vec<String>,
-    shape: Vec<String>,
-    dtype: Vec<String>,
-}
-
-struct Checking {
-    w: RenamedWeights,
-    record: Arc<Mutex<Record>>,
-}
-
-impl SimpleBackend for Checking {
-    fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let mut rec = self.record.lock().expect("record lock");
-        rec.requested.insert(name.to_string());
-        // A zero-stride placeholder lets the build continue so that all problems are reported at once.
-        let placeholder = || Tensor::zeros(1, dtype, dev)?.broadcast_as(s.clone());
-        let Some(src) = self.w.map.get(name) else {
-            rec.missing.push(format!("{name} {:?}", s.dims()));
-            return placeholder();
-        };
-        let view = self.w.st.get(&src.name)?;
-        use safetensors::Dtype as SD;
-        if !matches!(view.dtype(), SD::F16 | SD::BF16 | SD::F32 | SD::F64) {
-            rec.dtype.push(format!("{name} ({}): {:?}, expected a float type", src.name, view.dtype()));
-            return placeholder();
-        }
-        let found = self.w.shape(name).unwrap_or_default();
-        if found != s.dims() {
-            rec.shape.push(format!("{name} ({}): checkpoint {:?}, model {:?}", src.name, found, s.dims()));
-            return placeholder();
-        }
-        drop(rec);
-        self.w.load(name, dev)?.to_dtype(dtype)
+impl CheckedSource for RenamedWeights {
+    fn keys(&self) -> Vec<(String, String)> {
+        self.map.keys().map(|k| (k.clone(), k.clone())).collect()
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.record.lock().expect("record lock").requested.insert(name.to_string());
-        self.w.load(name, dev)?.to_dtype(dtype)
+    fn probe(&self, name: &str) -> Option<(safetensors::Dtype, Vec<usize>)> {
+        let src = self.map.get(name)?;
+        Some((self.st.get(&src.name).ok()?.dtype(), self.shape(name)?))
     }
 
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.w.contains(name)
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        RenamedWeights::load(self, name, dev)
+    }
+
+    fn label(&self, name: &str) -> String {
+        format!("{name} ({})", self.map.get(name).map_or("?", |s| s.name.as_str()))
     }
 }
 
@@ -598,27 +543,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 
 /// The safetensors weight files of a transformers model folder (`model.safetensors` or its shards).
 fn text_encoder_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let v: serde_json::Value = read_json(&index)?;
-        let files: BTreeSet<String> = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .map(|m| m.values().filter_map(|f| f.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        if !files.is_empty() {
-            return Ok(files.into_iter().map(|f| dir.join(f)).collect());
-        }
-    }
-    if let Some(v) = unet::weights::variant_file(dir, "model") {
-        return Ok(vec![v]);
-    }
-    Err(CheckpointError::Read {
-        path: single,
+    unet::weights::safetensors_files(dir, "model", read_json)?.ok_or_else(|| CheckpointError::Read {
+        path: dir.join("model.safetensors"),
         msg: "no model.safetensors (umbra reads safetensors only; a PyTorch .bin must be converted first)".into(),
     })
 }

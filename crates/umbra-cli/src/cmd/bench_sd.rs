@@ -36,6 +36,31 @@ impl Precision {
     }
 }
 
+/// The options every SD benchmark shares: threads, seed, device and precision.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// CPU threads (rayon pool and gemm); default: all cores.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seed of the random weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run on the first CUDA GPU (needs a build with --features cuda).
+    #[arg(long)]
+    pub cuda: bool,
+    /// Parameter and activation precision (f16/bf16 are meant for CUDA).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+}
+
+impl RunArgs {
+    /// Sets the thread count and opens the device; returns it with the parameter dtype.
+    fn setup(&self) -> Result<(Device, DType)> {
+        set_threads(self.threads)?;
+        Ok((device(self.cuda)?, self.dtype.dtype()))
+    }
+}
+
 const UNET_HELP: &str = "Seconds per UNet2DConditionModel evaluation at a given image resolution, with random weights \
 (a fast seeded fill of the architecture's parameters; no checkpoint needed). The UNet runs on the latent: \
 [batch, 4, res/8, res/8] with a [batch, 77, cross_attention_dim] text embedding, as one denoising step of \
@@ -63,18 +88,8 @@ pub struct UnetArgs {
     /// Batch size (2 = one classifier-free-guidance step).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// CPU threads (rayon pool and gemm); default: all cores.
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Seed of the random weights and inputs.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Run on the first CUDA GPU (needs a build with --features cuda).
-    #[arg(long)]
-    pub cuda: bool,
-    /// Parameter and activation precision (f16/bf16 are meant for CUDA).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub dtype: Precision,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 const VAE_HELP: &str = "Seconds per AutoencoderKL decode (latent [batch, 4, res/8, res/8] → image [batch, 3, res, res]) \
@@ -100,18 +115,8 @@ pub struct VaeArgs {
     /// Batch size.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// CPU threads (rayon pool and gemm); default: all cores.
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Seed of the random weights and inputs.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Run on the first CUDA GPU (needs a build with --features cuda).
-    #[arg(long)]
-    pub cuda: bool,
-    /// Parameter and activation precision (f16/bf16 are meant for CUDA).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub dtype: Precision,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 fn set_threads(n: Option<usize>) -> Result<()> {
@@ -194,9 +199,7 @@ fn check_res(res: usize, steps: usize, batch: usize) -> Result<()> {
 /// `umbra bench unet`.
 pub fn unet(a: UnetArgs) -> Result<()> {
     check_res(a.res, a.steps, a.batch)?;
-    set_threads(a.threads)?;
-    let dev = device(a.cuda)?;
-    let dtype = a.dtype.dtype();
+    let (dev, dtype) = a.run.setup()?;
     let cfg = match a.arch {
         Arch::Sd15 => Config::sd15(),
         Arch::Sd21 => Config::sd21(),
@@ -218,12 +221,12 @@ pub fn unet(a: UnetArgs) -> Result<()> {
     let pb = ProgressBar::new_spinner();
     pb.set_message(format!("filling {:.0} M random parameters", n_params as f64 / 1e6));
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
-    let model = UNet2DConditionModel::new(weights::random_varbuilder(a.seed, dtype, &dev), &cfg)?;
+    let model = UNet2DConditionModel::new(weights::random_varbuilder(a.run.seed, dtype, &dev), &cfg)?;
     pb.finish_and_clear();
     println!("built in {:.1} s", t0.elapsed().as_secs_f64());
     let h = a.res / 8;
-    let x = autoencoder_kl::seeded_randn(&[a.batch, cfg.in_channels, h, h], a.seed + 1, &dev)?.to_dtype(dtype)?;
-    let ctx = autoencoder_kl::seeded_randn(&[a.batch, 77, cross], a.seed + 2, &dev)?.to_dtype(dtype)?;
+    let x = autoencoder_kl::seeded_randn(&[a.batch, cfg.in_channels, h, h], a.run.seed + 1, &dev)?.to_dtype(dtype)?;
+    let ctx = autoencoder_kl::seeded_randn(&[a.batch, 77, cross], a.run.seed + 2, &dev)?.to_dtype(dtype)?;
     let t = Tensor::new(500i64, &dev)?;
     let times = time_runs(a.steps, "unet", || Ok(model.forward(&x, &t, Some(&ctx), None)?))?;
     report(&format!("UNet {:?} at {}x{} (latent {h}x{h}), batch {}", a.arch, a.res, a.res, a.batch), &times);
@@ -233,9 +236,7 @@ pub fn unet(a: UnetArgs) -> Result<()> {
 /// `umbra bench vae`.
 pub fn vae(a: VaeArgs) -> Result<()> {
     check_res(a.res, a.steps, a.batch)?;
-    set_threads(a.threads)?;
-    let dev = device(a.cuda)?;
-    let dtype = a.dtype.dtype();
+    let (dev, dtype) = a.run.setup()?;
     let cfg = match a.arch {
         Arch::Sd15 => autoencoder_kl::Config::sd15(),
         Arch::Sd21 => autoencoder_kl::Config::sd21(),
@@ -257,9 +258,9 @@ pub fn vae(a: VaeArgs) -> Result<()> {
         a.res
     );
     let t0 = Instant::now();
-    let model = AutoencoderKL::new(weights::random_varbuilder(a.seed, dtype, &dev), &cfg)?;
+    let model = AutoencoderKL::new(weights::random_varbuilder(a.run.seed, dtype, &dev), &cfg)?;
     println!("built in {:.1} s", t0.elapsed().as_secs_f64());
-    let z = autoencoder_kl::seeded_randn(&[a.batch, cfg.latent_channels, h, h], a.seed + 1, &dev)?.to_dtype(dtype)?;
+    let z = autoencoder_kl::seeded_randn(&[a.batch, cfg.latent_channels, h, h], a.run.seed + 1, &dev)?.to_dtype(dtype)?;
     let times = time_runs(a.steps, "vae decode", || Ok(model.decode(&z)?))?;
     report(&format!("VAE {:?} decode at {}x{}, batch {}", a.arch, a.res, a.res, a.batch), &times);
     Ok(())

@@ -33,26 +33,8 @@ pub fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Loa
 
 /// The safetensors weight file(s) of a diffusers model folder (a single file, or the shards of an index).
 pub fn find_weights(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let single = dir.join("diffusion_pytorch_model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("diffusion_pytorch_model.safetensors.index.json");
-    if index.is_file() {
-        let v: serde_json::Value = read_config(&index)?;
-        let files: BTreeSet<String> = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .map(|m| m.values().filter_map(|f| f.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        if !files.is_empty() {
-            return Ok(files.into_iter().map(|f| dir.join(f)).collect());
-        }
-    }
-    // A variant (e.g. `diffusion_pytorch_model.fp16.safetensors`, as `--variant fp16` fetches) when the
-    // fp32 file is absent.
-    if let Some(v) = variant_file(dir, "diffusion_pytorch_model") {
-        return Ok(vec![v]);
+    if let Some(files) = safetensors_files(dir, "diffusion_pytorch_model", read_config)? {
+        return Ok(files);
     }
     let extra = if dir.join("diffusion_pytorch_model.bin").is_file() {
         " (only a PyTorch .bin file is there: umbra reads safetensors only; convert it, e.g. with diffusers' \
@@ -64,6 +46,33 @@ pub fn find_weights(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         String::new()
     };
     Err(LoadError::NoWeights { dir: dir.to_path_buf(), extra })
+}
+
+/// The safetensors files of model `stem` in `dir`: `stem.safetensors`, else the shards named by
+/// `stem.safetensors.index.json` (parsed by `read_index`), else a variant such as `stem.fp16.safetensors`
+/// (as `--variant fp16` fetches) when the fp32 file is absent; None when there is none of these.
+pub(crate) fn safetensors_files<E>(
+    dir: &Path,
+    stem: &str,
+    read_index: impl FnOnce(&Path) -> Result<serde_json::Value, E>,
+) -> Result<Option<Vec<PathBuf>>, E> {
+    let single = dir.join(format!("{stem}.safetensors"));
+    if single.is_file() {
+        return Ok(Some(vec![single]));
+    }
+    let index = dir.join(format!("{stem}.safetensors.index.json"));
+    if index.is_file() {
+        let v = read_index(&index)?;
+        let files: BTreeSet<String> = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .map(|m| m.values().filter_map(|f| f.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        if !files.is_empty() {
+            return Ok(Some(files.into_iter().map(|f| dir.join(f)).collect()));
+        }
+    }
+    Ok(variant_file(dir, stem).map(|v| vec![v]))
 }
 
 /// `dir/stem.VARIANT.safetensors` (the first in name order), if any.
@@ -83,60 +92,65 @@ pub fn variant_file(dir: &Path, stem: &str) -> Option<PathBuf> {
     found.into_iter().next()
 }
 
+/// Where a checked build reads its tensors: memory-mapped files, possibly under renamed keys.
+pub(crate) trait CheckedSource: Send + Sync + 'static {
+    /// Every key the source holds: (the name the model asks for, how the unexpected-key list shows it).
+    fn keys(&self) -> Vec<(String, String)>;
+    /// The stored dtype and (as the model will see it) shape of model key `name`, or None when absent.
+    fn probe(&self, name: &str) -> Option<(safetensors::Dtype, Vec<usize>)>;
+    /// Load model key `name` in its stored dtype.
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor>;
+    /// How the shape and dtype lists name model key `name`.
+    fn label(&self, name: &str) -> String;
+}
+
 #[derive(Default)]
 struct Record {
-    requested: BTreeMap<String, Vec<usize>>,
+    requested: BTreeSet<String>,
     missing: Vec<String>,
     shape_mismatch: Vec<String>,
     bad_dtype: Vec<String>,
 }
 
-/// A safetensors backend that serves tensors like candle's and records what the model asked for, so that
+/// A backend that serves tensors from a [`CheckedSource`] and records what the model asked for, so that
 /// missing, unexpected and mis-shaped keys can all be reported at once instead of failing on the first.
-struct CheckingBackend {
-    st: MmapedSafetensors,
-    /// Model key → file key, for keys that a rename function changed (e.g. legacy VAE attention names).
-    alias: BTreeMap<String, String>,
+struct CheckingBackend<S> {
+    src: S,
+    /// What the weights are called in the report ("file", "checkpoint").
+    noun: &'static str,
     record: Arc<Mutex<Record>>,
 }
 
-impl CheckingBackend {
-    fn file_key<'a>(&'a self, name: &'a str) -> &'a str {
-        self.alias.get(name).map(String::as_str).unwrap_or(name)
-    }
-}
-
-impl SimpleBackend for CheckingBackend {
+impl<S: CheckedSource> SimpleBackend for CheckingBackend<S> {
     fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let mut rec = self.record.lock().expect("record lock");
-        rec.requested.insert(name.to_string(), s.dims().to_vec());
+        rec.requested.insert(name.to_string());
+        // A zero-stride placeholder lets the build continue so that all problems are reported at once.
         let placeholder = || Tensor::zeros(1, dtype, dev)?.broadcast_as(s.clone());
-        let view = match self.st.get(self.file_key(name)) {
-            Ok(v) => v,
-            Err(_) => {
-                rec.missing.push(format!("{name} {:?}", s.dims()));
-                return placeholder();
-            }
+        let Some((found_dtype, found)) = self.src.probe(name) else {
+            rec.missing.push(format!("{name} {:?}", s.dims()));
+            return placeholder();
         };
         use safetensors::Dtype as SD;
-        if !matches!(view.dtype(), SD::F16 | SD::BF16 | SD::F32 | SD::F64) {
-            rec.bad_dtype.push(format!("{name}: {:?} (expected a float type)", view.dtype()));
+        if !matches!(found_dtype, SD::F16 | SD::BF16 | SD::F32 | SD::F64) {
+            rec.bad_dtype.push(format!("{}: {found_dtype:?} (expected a float type)", self.src.label(name)));
             return placeholder();
         }
-        if view.shape() != s.dims() {
-            rec.shape_mismatch.push(format!("{name}: file {:?}, model {:?}", view.shape(), s.dims()));
+        if found != s.dims() {
+            rec.shape_mismatch.push(format!("{}: {} {found:?}, model {:?}", self.src.label(name), self.noun, s.dims()));
             return placeholder();
         }
         drop(rec);
-        self.st.load(self.file_key(name), dev)?.to_dtype(dtype)
+        self.src.load(name, dev)?.to_dtype(dtype)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.st.load(self.file_key(name), dev)?.to_dtype(dtype)
+        self.record.lock().expect("record lock").requested.insert(name.to_string());
+        self.src.load(name, dev)?.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.st.get(self.file_key(name)).is_ok()
+        self.src.probe(name).is_some()
     }
 }
 
@@ -150,6 +164,70 @@ fn list(title: &str, items: &[String], out: &mut String) {
     }
     if items.len() > 20 {
         out.push_str(&format!("    ... and {} more\n", items.len() - 20));
+    }
+}
+
+/// Builds a model from `src` through a checking [`VarBuilder`]: every key the model asks for must be there
+/// with the right shape and a float dtype, and every key there must be used unless `ignore(key)`. The inner
+/// `Err` is the report (up to 20 each, with counts: missing keys, unexpected keys, shape mismatches,
+/// non-float tensors) ending in `hint`; `noun` names the weights in it ("file", "checkpoint").
+pub(crate) fn build_checked<T>(
+    src: impl CheckedSource,
+    dtype: DType,
+    device: &Device,
+    ignore: impl Fn(&str) -> bool,
+    (noun, hint): (&'static str, &str),
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
+) -> candle_core::Result<Result<T, String>> {
+    let keys = src.keys();
+    let record = Arc::new(Mutex::new(Record::default()));
+    let vb = VarBuilder::from_backend(Box::new(CheckingBackend { src, noun, record: record.clone() }), dtype, device.clone());
+    let model = build(vb)?;
+    let rec = record.lock().expect("record lock");
+    let unexpected: Vec<String> =
+        keys.into_iter().filter(|(k, _)| !rec.requested.contains(k) && !ignore(k)).map(|(_, shown)| shown).collect();
+    if rec.missing.is_empty() && unexpected.is_empty() && rec.shape_mismatch.is_empty() && rec.bad_dtype.is_empty() {
+        return Ok(Ok(model));
+    }
+    let mut report = String::new();
+    list(&format!("missing keys (the model needs them, the {noun} lacks them)"), &rec.missing, &mut report);
+    list(&format!("unexpected keys (in the {noun}, not used by the model)"), &unexpected, &mut report);
+    list("shape mismatches", &rec.shape_mismatch, &mut report);
+    list("tensors with a non-float dtype", &rec.bad_dtype, &mut report);
+    report.push_str(hint);
+    Ok(Err(report))
+}
+
+/// Safetensors files whose keys the model sees as `rename(file key)`.
+struct AliasedFiles {
+    st: MmapedSafetensors,
+    /// (model key, file key) of every tensor.
+    keys: Vec<(String, String)>,
+    /// Model key → file key, for keys that the rename changed (e.g. legacy VAE attention names).
+    alias: BTreeMap<String, String>,
+}
+
+impl AliasedFiles {
+    fn file_key<'a>(&'a self, name: &'a str) -> &'a str {
+        self.alias.get(name).map(String::as_str).unwrap_or(name)
+    }
+}
+
+impl CheckedSource for AliasedFiles {
+    fn keys(&self) -> Vec<(String, String)> {
+        self.keys.clone()
+    }
+
+    fn probe(&self, name: &str) -> Option<(safetensors::Dtype, Vec<usize>)> {
+        self.st.get(self.file_key(name)).ok().map(|v| (v.dtype(), v.shape().to_vec()))
+    }
+
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        self.st.load(self.file_key(name), dev)
+    }
+
+    fn label(&self, name: &str) -> String {
+        name.to_string()
     }
 }
 
@@ -179,23 +257,14 @@ pub fn load_checked_renamed<T>(
     let shown = files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|source| LoadError::Candle { what: format!("{what}: reading {shown}"), source })?;
     let file_keys: BTreeSet<String> = st.tensors().into_iter().map(|(k, _)| k).collect();
-    let alias: BTreeMap<String, String> =
-        file_keys.iter().filter_map(|k| Some(rename(k)).filter(|n| n != k).map(|n| (n, k.clone()))).collect();
-    let record = Arc::new(Mutex::new(Record::default()));
-    let vb = VarBuilder::from_backend(Box::new(CheckingBackend { st, alias, record: record.clone() }), dtype, device.clone());
-    let model = build(vb).map_err(|source| LoadError::Candle { what: what.to_string(), source })?;
-    let rec = record.lock().expect("record lock");
-    let unexpected: Vec<String> = file_keys.iter().filter(|k| !rec.requested.contains_key(&rename(k))).cloned().collect();
-    if rec.missing.is_empty() && unexpected.is_empty() && rec.shape_mismatch.is_empty() && rec.bad_dtype.is_empty() {
-        return Ok(model);
+    let keys: Vec<(String, String)> = file_keys.into_iter().map(|k| (rename(&k), k)).collect();
+    let alias = keys.iter().filter(|(n, k)| n != k).cloned().collect();
+    let hint = "Check that config.json belongs to these weights (block_out_channels, attention heads, layers_per_block, ...).";
+    match build_checked(AliasedFiles { st, keys, alias }, dtype, device, |_| false, ("file", hint), build) {
+        Ok(Ok(model)) => Ok(model),
+        Ok(Err(report)) => Err(LoadError::Mismatch { what: what.to_string(), path: PathBuf::from(shown), report }),
+        Err(source) => Err(LoadError::Candle { what: what.to_string(), source }),
     }
-    let mut report = String::new();
-    list("missing keys (the model needs them, the file lacks them)", &rec.missing, &mut report);
-    list("unexpected keys (in the file, not used by the model)", &unexpected, &mut report);
-    list("shape mismatches", &rec.shape_mismatch, &mut report);
-    list("tensors with a non-float dtype", &rec.bad_dtype, &mut report);
-    report.push_str("Check that config.json belongs to these weights (block_out_channels, attention heads, layers_per_block, ...).");
-    Err(LoadError::Mismatch { what: what.to_string(), path: PathBuf::from(shown), report })
 }
 
 /// A backend that hands out zero-stride placeholder tensors and records their shapes: builds a model of

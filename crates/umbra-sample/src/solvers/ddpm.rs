@@ -38,18 +38,7 @@ impl Solver for Ddpm {
         SolverKind::Ddpm
     }
 
-    fn timesteps(&self, steps: usize) -> Result<Vec<f64>> {
-        Ok(self.core.int_timesteps(steps)?.into_iter().map(|t| t as f64).collect())
-    }
-
-    fn init_noise_sigma(&self, _steps: usize) -> Result<f64> {
-        Ok(1.0)
-    }
-
-    fn add_noise(&self, x0: &Tensor, noise: &Tensor, steps: usize, start_step: usize) -> Result<Tensor> {
-        let ts = self.core.int_timesteps(steps)?;
-        self.core.add_noise_vp(x0, noise, ts[start_step])
-    }
+    vp_solver_methods!();
 
     fn run(&self, model: &dyn Denoiser, mut x: Tensor, ctx: &mut RunCtx) -> Result<Tensor> {
         let ts = self.core.int_timesteps(ctx.steps)?;

@@ -7,6 +7,27 @@
 //! x_σ = x_t/√ᾱ_t = x_0 + σε (`init_noise_sigma` ≈ σ_max) and feed the model x_σ/√(σ² + 1)
 //! ([`scale_model_input`]).
 
+/// The [`Solver`] methods of the VP integer-timestep solvers (DDIM, DDPM, Langevin), inside `impl Solver`
+/// for a type with a `core: DiscreteCore`: the timesteps of DDIM/DDPMScheduler.set_timesteps, x_T = noise
+/// (`init_noise_sigma` 1) and img2img through q(x_t | x_0) at the start step (Luo eq. 70). Names `Result`
+/// and `Tensor` as the calling module imports them.
+macro_rules! vp_solver_methods {
+    () => {
+        fn timesteps(&self, steps: usize) -> Result<Vec<f64>> {
+            Ok(self.core.int_timesteps(steps)?.into_iter().map(|t| t as f64).collect())
+        }
+
+        fn init_noise_sigma(&self, _steps: usize) -> Result<f64> {
+            Ok(1.0)
+        }
+
+        fn add_noise(&self, x0: &Tensor, noise: &Tensor, steps: usize, start_step: usize) -> Result<Tensor> {
+            let ts = self.core.int_timesteps(steps)?;
+            self.core.add_noise_vp(x0, noise, ts[start_step])
+        }
+    };
+}
+
 pub mod ddim;
 pub mod ddpm;
 pub mod dpm_solver;
@@ -14,6 +35,7 @@ pub mod euler;
 pub mod euler_ancestral;
 pub mod heun;
 pub mod langevin;
+mod sigmas;
 
 use crate::error::{Result, SampleError};
 use crate::model::{Denoiser, Timestep};
@@ -234,11 +256,8 @@ pub fn sample(
     seed: u64,
     progress: bool,
 ) -> Result<Tensor> {
-    let mut ctx = RunCtx::new(steps, seed, progress);
-    let x = noise.affine(solver.init_noise_sigma(steps)?, 0.0)?;
-    let out = solver.run(model, x, &mut ctx);
-    ctx.bar.finish_and_clear();
-    out
+    let mut no_callback = |_: &StepEvent| Ok(None);
+    sample_with_callback(solver, model, noise, steps, seed, progress, &mut no_callback)
 }
 
 /// Like [`sample`], with a per-step callback (trajectories, previews, inpainting blends).

@@ -8,7 +8,11 @@ fn reference_dir() -> Option<PathBuf> {
     if p.join("reference.safetensors").is_file() {
         Some(p)
     } else {
-        eprintln!("SKIPPED: ../shared/reference/tiny-sd-v1 not found");
+        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED: ../shared/reference/tiny-sd-v1 not found\n"),
+        );
         None
     }
 }
@@ -44,14 +48,32 @@ fn txt2img_reproduces_output_png_and_writes_its_parameters() {
     // --init-noise: the reference run's initial latents, as a one-tensor safetensors file.
     let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &candle_core::Device::Cpu).unwrap();
     let noise = t.join("noise.safetensors");
-    candle_core::safetensors::save(&std::collections::HashMap::from([("noise".to_string(), r["pipe.init_latents"].clone())]), &noise).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("noise".to_string(), r["pipe.init_latents"].clone())]),
+        &noise,
+    )
+    .unwrap();
     let want = image::open(dir.join("output.png")).unwrap().to_rgb8();
     for model in [dir.join("pipeline"), dir.join("tiny-sd-v1-ldm.safetensors")] {
         let out = t.join("cat.png");
         let (ok, _, err) = umbra(&[
-            "txt2img", "--model", model.to_str().unwrap(), "--config", dir.join("pipeline").to_str().unwrap(),
-            "--prompt", "a photo of a cat", "--steps", "4", "--guidance", "7.5", "--sampler", "ddim",
-            "--init-noise", noise.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "txt2img",
+            "--model",
+            model.to_str().unwrap(),
+            "--config",
+            dir.join("pipeline").to_str().unwrap(),
+            "--prompt",
+            "a photo of a cat",
+            "--steps",
+            "4",
+            "--guidance",
+            "7.5",
+            "--sampler",
+            "ddim",
+            "--init-noise",
+            noise.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
         ]);
         assert!(ok, "{err}");
         let got = image::open(&out).unwrap().to_rgb8();
@@ -70,8 +92,19 @@ fn txt2img_reproduces_output_png_and_writes_its_parameters() {
     }
     // A wrong-shaped --init-noise is an error that says what shape is needed.
     let (ok, _, err) = umbra(&[
-        "txt2img", "--model", dir.join("pipeline").to_str().unwrap(), "--prompt", "x", "--steps", "2", "--batch", "2",
-        "--init-noise", noise.to_str().unwrap(), "--out", t.join("y.png").to_str().unwrap(),
+        "txt2img",
+        "--model",
+        dir.join("pipeline").to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--init-noise",
+        noise.to_str().unwrap(),
+        "--out",
+        t.join("y.png").to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("[2, 4, 8, 8]"), "{err}");
     std::fs::remove_dir_all(&t).ok();
@@ -86,22 +119,72 @@ fn img2img_and_inpaint_write_images() {
     image::GrayImage::from_fn(64, 64, |x, _| image::Luma([if x < 32 { 255 } else { 0 }])).save(&mask).unwrap();
     let init = dir.join("output.png");
     let (ok, out, err) = umbra(&[
-        "img2img", "--model", model.to_str().unwrap(), "--image", init.to_str().unwrap(), "--prompt", "a cat",
-        "--steps", "4", "--strength", "0.5", "--sampler", "euler", "--out", t.join("i2i.png").to_str().unwrap(),
+        "img2img",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        init.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "4",
+        "--strength",
+        "0.5",
+        "--sampler",
+        "euler",
+        "--out",
+        t.join("i2i.png").to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("i2i.png"));
     let (ok, _, err) = umbra(&[
-        "inpaint", "--model", model.to_str().unwrap(), "--image", init.to_str().unwrap(), "--mask", mask.to_str().unwrap(),
-        "--prompt", "a cat", "--steps", "3", "--batch", "2", "--out", t.join("inp.png").to_str().unwrap(),
+        "inpaint",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        init.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--out",
+        t.join("inp.png").to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     assert!(t.join("inp-0.png").is_file() && t.join("inp-1.png").is_file());
     // --preview 2 with 4 steps: x̂_0 after steps 2 and 4, side by side.
-    let (ok, _, err) = umbra(&["txt2img", "--model", model.to_str().unwrap(), "--prompt", "a cat", "--steps", "4", "--preview", "2", "--out", t.join("p.png").to_str().unwrap()]);
+    let (ok, _, err) = umbra(&[
+        "txt2img",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "4",
+        "--preview",
+        "2",
+        "--out",
+        t.join("p.png").to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     assert_eq!(image::open(t.join("p-preview.png")).unwrap().to_rgb8().dimensions(), (128, 64));
-    let (ok, _, err) = umbra(&["img2img", "--model", model.to_str().unwrap(), "--image", init.to_str().unwrap(), "--prompt", "a", "--strength", "0", "--out", t.join("z.png").to_str().unwrap()]);
+    let (ok, _, err) = umbra(&[
+        "img2img",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        init.to_str().unwrap(),
+        "--prompt",
+        "a",
+        "--strength",
+        "0",
+        "--out",
+        t.join("z.png").to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("strength"), "{err}");
     std::fs::remove_dir_all(&t).ok();
 }

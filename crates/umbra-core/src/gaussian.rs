@@ -204,9 +204,7 @@ impl Gaussian {
     pub fn sample(&self, rng: &mut dyn RngCore) -> Vec<f64> {
         let d = self.dim();
         let eps: Vec<f64> = (0..d).map(|_| StandardNormal.sample(rng)).collect();
-        (0..d)
-            .map(|i| self.mean[i] + (0..=i).map(|k| self.chol[i * d + k] * eps[k]).sum::<f64>())
-            .collect()
+        (0..d).map(|i| self.mean[i] + (0..=i).map(|k| self.chol[i * d + k] * eps[k]).sum::<f64>()).collect()
     }
 
     /// Differential entropy H = ½ ln det(2πe Σ), in nats.

@@ -45,11 +45,7 @@ pub fn validate(name: &'static str, p: &[f64]) -> Result<(), InfoError> {
     let sum: f64 = p.iter().sum();
     let tol = 1e-9 * p.len() as f64;
     if (sum - 1.0).abs() > tol {
-        let (argmax, &max) = p
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .expect("non-empty");
+        let (argmax, &max) = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).expect("non-empty");
         return Err(InfoError::NotNormalized { name, sum, tol, argmax, max });
     }
     Ok(())

@@ -203,9 +203,7 @@ impl Standardizer {
             .map(|i| if fwd { (g.mean()[i] - self.c[i]) / self.s[i] } else { self.c[i] + self.s[i] * g.mean()[i] })
             .collect();
         let l = g.chol();
-        let chol = (0..d * d)
-            .map(|k| if fwd { l[k] / self.s[k / d] } else { l[k] * self.s[k / d] })
-            .collect();
+        let chol = (0..d * d).map(|k| if fwd { l[k] / self.s[k / d] } else { l[k] * self.s[k / d] }).collect();
         Gaussian::from_cholesky(mean, chol).expect("scaling keeps L valid")
     }
     fn forward(&self, g: &Gaussian) -> Gaussian {
@@ -227,9 +225,7 @@ pub fn restart_inits(p: &GaussianMixture, n: usize, seed: u64) -> Vec<Gaussian> 
     let d = p.dim();
     let bounds = p.bounds(1.0);
     let avg_std: Vec<f64> = (0..d)
-        .map(|i| {
-            p.components().iter().zip(p.weights()).map(|(c, w)| w * c.cov()[i * d + i].sqrt()).sum::<f64>()
-        })
+        .map(|i| p.components().iter().zip(p.weights()).map(|(c, w)| w * c.cov()[i * d + i].sqrt()).sum::<f64>())
         .collect();
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_1a1b);
     let shift: Vec<f64> = (0..d).map(|_| rng.random::<f64>()).collect();
@@ -239,7 +235,11 @@ pub fn restart_inits(p: &GaussianMixture, n: usize, seed: u64) -> Vec<Gaussian> 
             let mean: Vec<f64> = (0..d)
                 .map(|i| {
                     let u = if d == 1 {
-                        if n == 1 { 0.5 } else { k as f64 / (n - 1) as f64 }
+                        if n == 1 {
+                            0.5
+                        } else {
+                            k as f64 / (n - 1) as f64
+                        }
                     } else {
                         (radical_inverse(k as u64 + 1, PRIMES[i % 8]) + shift[i]).fract()
                     };
@@ -307,7 +307,9 @@ impl std::fmt::Display for KlEstimate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             KlEstimate::Quadrature { value } => write!(f, "{}", fmt_nats(value)),
-            KlEstimate::MonteCarlo { value, std_error, .. } => write!(f, "{} ± {}", fmt_nats(value), fmt_nats(std_error)),
+            KlEstimate::MonteCarlo { value, std_error, .. } => {
+                write!(f, "{} ± {}", fmt_nats(value), fmt_nats(std_error))
+            }
         }
     }
 }
@@ -514,7 +516,12 @@ mod tests {
         let p = bimodal();
         let lab = kl_lab(&p, &LabConfig::default(), &mut |_| {});
         assert_optima_on_modes(&p, &lab);
-        assert_eq!(lab.optima.len(), 2, "both modes found: {:?}", lab.optima.iter().map(|o| o.q.mean()[0]).collect::<Vec<_>>());
+        assert_eq!(
+            lab.optima.len(),
+            2,
+            "both modes found: {:?}",
+            lab.optima.iter().map(|o| o.q.mean()[0]).collect::<Vec<_>>()
+        );
         let rev = lab.best_reverse();
         // Reverse fit ≈ one component: std ≈ 0.6, KL(q‖p) ≈ ln 2 (it misses half the mass).
         assert!((rev.q.cov()[0].sqrt() - 0.6).abs() < 0.03, "{:?}", rev.q);
@@ -548,7 +555,11 @@ mod tests {
             let r = (5f64.sqrt() - 1.0) / 2.0;
             for _ in 0..40 {
                 let (c, d) = (b - r * (b - a), a + r * (b - a));
-                if f(c) < f(d) { b = d } else { a = c }
+                if f(c) < f(d) {
+                    b = d
+                } else {
+                    a = c
+                }
             }
             0.5 * (a + b)
         };
@@ -574,8 +585,15 @@ mod tests {
                     "{name}: SGD q = N({m:.4}, {s:.4}) KL(q‖p) = {:.6} | exact N({me:.4}, {se:.4}) KL = {kle:.6}",
                     o.kl_q_p.value()
                 );
-                assert!((m - me).abs() < 0.03 && (s / se - 1.0).abs() < 0.03, "{name}: SGD ({m}, {s}) vs exact ({me}, {se})");
-                assert!(o.kl_q_p.value() - kle < 5e-4 && o.kl_q_p.value() >= kle - 1e-9, "{name}: {} vs {kle}", o.kl_q_p);
+                assert!(
+                    (m - me).abs() < 0.03 && (s / se - 1.0).abs() < 0.03,
+                    "{name}: SGD ({m}, {s}) vs exact ({me}, {se})"
+                );
+                assert!(
+                    o.kl_q_p.value() - kle < 5e-4 && o.kl_q_p.value() >= kle - 1e-9,
+                    "{name}: {} vs {kle}",
+                    o.kl_q_p
+                );
             }
         }
     }

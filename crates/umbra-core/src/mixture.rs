@@ -51,10 +51,7 @@ impl GaussianMixture {
 
     /// 1-D mixture from `(weight, mean, std)` triples.
     pub fn new_1d(parts: &[(f64, f64, f64)]) -> Result<Self, crate::gaussian::GaussianError> {
-        let comps = parts
-            .iter()
-            .map(|&(_, m, s)| Gaussian::new_1d(m, s))
-            .collect::<Result<Vec<_>, _>>()?;
+        let comps = parts.iter().map(|&(_, m, s)| Gaussian::new_1d(m, s)).collect::<Result<Vec<_>, _>>()?;
         Ok(Self::new(parts.iter().map(|p| p.0).collect(), comps).expect("1-D mixture with valid weights"))
     }
 
@@ -196,7 +193,8 @@ mod tests {
     fn log_prob_matches_direct_sum_near_the_modes() {
         let p = GaussianMixture::new_1d(&[(0.3, -1.0, 0.5), (0.7, 1.5, 1.2)]).unwrap();
         for &x in &[-2.0, -1.0, 0.0, 0.7, 3.0] {
-            let direct = 0.3 * (-0.5 * ((x + 1.0) / 0.5f64).powi(2)).exp() / (0.5 * (2.0 * std::f64::consts::PI).sqrt())
+            let direct = 0.3 * (-0.5 * ((x + 1.0) / 0.5f64).powi(2)).exp()
+                / (0.5 * (2.0 * std::f64::consts::PI).sqrt())
                 + 0.7 * (-0.5 * ((x - 1.5) / 1.2f64).powi(2)).exp() / (1.2 * (2.0 * std::f64::consts::PI).sqrt());
             close(p.log_prob(&[x]), direct.ln(), 1e-13);
         }
@@ -209,7 +207,8 @@ mod tests {
         let p = bimodal();
         let x = 1e3;
         let lp = p.log_prob(&[x]);
-        let dominant = 0.5f64.ln() - 0.5 * ((x - 2.0) / 0.6f64).powi(2) - 0.6f64.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln();
+        let dominant =
+            0.5f64.ln() - 0.5 * ((x - 2.0) / 0.6f64).powi(2) - 0.6f64.ln() - 0.5 * (2.0 * std::f64::consts::PI).ln();
         assert!(lp.is_finite(), "{lp}");
         assert!(((lp - dominant) / dominant).abs() < 1e-14, "{lp} vs {dominant}");
         let naive = 0.5 * (-0.5 * ((x - 2.0) / 0.6f64).powi(2)).exp();

@@ -2,8 +2,8 @@
 //! deterministic 1-D quadrature counterpart.
 
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 use rand::RngCore;
+use rand::SeedableRng;
 
 use crate::gaussian::Gaussian;
 
@@ -86,7 +86,13 @@ pub fn kl_quadrature_1d(p: &dyn Density, q: &dyn Density, lo: f64, hi: f64, n: u
             }
             lp.exp() * (lp - lq)
         };
-        let w = if i == 0 || i == n { 1.0 } else if i % 2 == 1 { 4.0 } else { 2.0 };
+        let w = if i == 0 || i == n {
+            1.0
+        } else if i % 2 == 1 {
+            4.0
+        } else {
+            2.0
+        };
         sum += w * f;
     }
     (sum * h / 3.0).max(0.0)
@@ -115,10 +121,7 @@ mod tests {
             let exact = kl_gaussian(p, q).unwrap();
             let est = kl_monte_carlo(p, q, 20_000, seed as u64);
             assert!(est.std_error > 0.0 && est.std_error < 0.05, "{est}");
-            assert!(
-                (est.value - exact).abs() < 3.0 * est.std_error,
-                "case {seed}: MC {est} vs closed form {exact}"
-            );
+            assert!((est.value - exact).abs() < 3.0 * est.std_error, "case {seed}: MC {est} vs closed form {exact}");
         }
         // KL(p‖p) estimates exactly 0 (every term is 0).
         let p = &cases[0].0;

@@ -194,7 +194,8 @@ impl<'a> Parser<'a> {
             self.skip_ws();
             self.pos
         };
-        let mean = if self.peek() == Some('[') { self.vector("the mean vector")? } else { vec![self.number("the mean")?] };
+        let mean =
+            if self.peek() == Some('[') { self.vector("the mean vector")? } else { vec![self.number("the mean")?] };
         let is_vector = self.chars[mean_pos] == '[';
         self.expect(',', "after the mean")?;
         let spread_pos = {
@@ -203,7 +204,10 @@ impl<'a> Parser<'a> {
         };
         let spread = if self.peek() == Some('[') {
             if !is_vector {
-                return self.err(spread_pos, "a 1-D component is N(mean, std) with a number std; for d-D write N([mean..], [[cov..]..])");
+                return self.err(
+                    spread_pos,
+                    "a 1-D component is N(mean, std) with a number std; for d-D write N([mean..], [[cov..]..])",
+                );
             }
             self.expect('[', "to open the covariance matrix")?;
             let mut rows = vec![self.vector("a covariance row")?];
@@ -465,7 +469,9 @@ mod tests {
 
     #[test]
     fn json_targets() {
-        let p = parse_target_json(r#"{"components":[{"weight":1,"mean":-2,"std":0.6},{"weight":3,"mean":2,"std":0.6}]}"#).unwrap();
+        let p =
+            parse_target_json(r#"{"components":[{"weight":1,"mean":-2,"std":0.6},{"weight":3,"mean":2,"std":0.6}]}"#)
+                .unwrap();
         assert_eq!(p.weights(), &[0.25, 0.75]);
         let q = parse_target_json(
             r#"{"components":[{"weight":0.5,"mean":[-2,0],"cov":[[0.5,0],[0,0.5]]},{"mean":[2,1],"std":0.5}]}"#,

@@ -48,7 +48,9 @@ fn chaining_one_step_transitions_gives_the_closed_form_marginal() {
     let t = 120;
     for i in 0..=t {
         let a = sched.alpha(i);
-        x = (x.affine(a.sqrt(), 0.0).unwrap() + randn_like(&x0, &mut rng).unwrap().affine((1.0 - a).sqrt(), 0.0).unwrap()).unwrap();
+        x = (x.affine(a.sqrt(), 0.0).unwrap()
+            + randn_like(&x0, &mut rng).unwrap().affine((1.0 - a).sqrt(), 0.0).unwrap())
+        .unwrap();
     }
     let direct = q_sample(&x0, &randn_like(&x0, &mut rng).unwrap(), &Coef::Scalar(sched.alpha_bar(t))).unwrap();
     let ab = sched.alpha_bar(t);

@@ -145,10 +145,9 @@ fn continuous_time_loss_of_the_optimal_model_matches_its_closed_form_for_any_sch
     let lin_gp = Tensor::full(linear.gamma_prime(0.5), n, &Device::Cpu).unwrap();
     let learned = MonotoneGamma::new(16, g0, g1, 7, DType::F64, &Device::Cpu).unwrap();
     let (lg, lgp) = learned.gamma_and_derivative(&t).unwrap();
-    for (name, gamma, gp) in [
-        ("linear", Tensor::from_vec(lin_g, n, &Device::Cpu).unwrap(), lin_gp),
-        ("learned", lg, lgp),
-    ] {
+    for (name, gamma, gp) in
+        [("linear", Tensor::from_vec(lin_g, n, &Device::Cpu).unwrap(), lin_gp), ("learned", lg, lgp)]
+    {
         let ab = gamma.neg().unwrap().exp().unwrap().affine(1.0, 1.0).unwrap().recip().unwrap(); // sigmoid(−γ)
         let c = Coef::per_example(&ab, &x0).unwrap();
         let eps = randn_like(&x0, &mut rng).unwrap();
@@ -161,7 +160,9 @@ fn continuous_time_loss_of_the_optimal_model_matches_its_closed_form_for_any_sch
             .zip(&abv)
             .flat_map(|(row, &a)| {
                 (0..2).map(move |d| {
-                    let x0h = optimal_x0(&Tensor::new(&[[row[0], row[1]]], &Device::Cpu).unwrap(), a).to_vec2::<f64>().unwrap()[0][d];
+                    let x0h = optimal_x0(&Tensor::new(&[[row[0], row[1]]], &Device::Cpu).unwrap(), a)
+                        .to_vec2::<f64>()
+                        .unwrap()[0][d];
                     (row[d] - a.sqrt() * x0h) / (1.0 - a).sqrt()
                 })
             })

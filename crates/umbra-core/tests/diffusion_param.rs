@@ -58,7 +58,8 @@ fn tweedie_score_from_the_optimal_denoiser_is_the_marginal_score() {
     // Data x0 ~ N(μ, s²): p_t = N(√ᾱ μ, ᾱ s² + 1 − ᾱ), so ∇ log p_t(x) = −(x − √ᾱ μ)/(ᾱ s² + 1 − ᾱ). Tweedie
     // (Luo eq. 133): √ᾱ E[x0|x_t] = x_t + (1 − ᾱ) ∇ log p_t(x_t); converting E[x0|x_t] to a score must agree.
     let (mu, s) = (0.8f64, 0.5f64);
-    let x_t = Tensor::from_vec((0..11).map(|i| -2.0 + 0.4 * i as f64).collect::<Vec<_>>(), (11, 1), &Device::Cpu).unwrap();
+    let x_t =
+        Tensor::from_vec((0..11).map(|i| -2.0 + 0.4 * i as f64).collect::<Vec<_>>(), (11, 1), &Device::Cpu).unwrap();
     for ab in [0.9f64, 0.4, 0.05] {
         let a = ab.sqrt();
         let v = ab * s * s + 1.0 - ab;

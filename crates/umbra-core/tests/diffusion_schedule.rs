@@ -10,7 +10,13 @@ fn cosine_betas_are_not_the_integer_division_bug_and_match_the_formula() {
     // computed with Python's math module from that formula (diffusers' betas_for_alpha_bar, in float64).
     let s = NoiseSchedule::cosine(1000);
     let b = s.betas();
-    for (i, want) in [(0, 4.128422482196914e-05), (1, 4.614175273665033e-05), (500, 0.003155691441585007), (998, 0.7499993929011166), (999, 0.999)] {
+    for (i, want) in [
+        (0, 4.128422482196914e-05),
+        (1, 4.614175273665033e-05),
+        (500, 0.003155691441585007),
+        (998, 0.7499993929011166),
+        (999, 0.999),
+    ] {
         assert!((b[i] - want).abs() <= 1e-12 * want.max(1.0), "beta[{i}] = {} want {want}", b[i]);
     }
     // A port computing i/T with integer division gets β = 0 everywhere but the last step.

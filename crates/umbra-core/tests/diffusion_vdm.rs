@@ -44,7 +44,8 @@ fn the_schedule_trains_by_gradient_descent_and_stays_monotone() {
         g0 + (g1 - g0) * u * u * (3.0 - 2.0 * u)
     };
     let t = grid(64);
-    let y = Tensor::from_vec(t.to_vec1::<f64>().unwrap().into_iter().map(target).collect::<Vec<_>>(), 64, &Device::Cpu).unwrap();
+    let y = Tensor::from_vec(t.to_vec1::<f64>().unwrap().into_iter().map(target).collect::<Vec<_>>(), 64, &Device::Cpu)
+        .unwrap();
     let g = MonotoneGamma::new(16, g0, g1, 11, DType::F64, &Device::Cpu).unwrap();
     let loss = |g: &MonotoneGamma| (g.gamma(&t).unwrap() - &y).unwrap().sqr().unwrap().mean_all().unwrap();
     let l0 = loss(&g).to_scalar::<f64>().unwrap();

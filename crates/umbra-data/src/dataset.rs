@@ -76,15 +76,10 @@ impl Dataset {
             )));
         }
         if labels.len() != n {
-            return Err(DataError::Invalid(format!(
-                "dataset {name}: {} labels for {n} rows",
-                labels.len()
-            )));
+            return Err(DataError::Invalid(format!("dataset {name}: {} labels for {n} rows", labels.len())));
         }
         if let Some(&bad) = labels.iter().find(|&&l| l as usize >= num_classes.max(1)) {
-            return Err(DataError::Invalid(format!(
-                "dataset {name}: label {bad} out of range 0..{num_classes}"
-            )));
+            return Err(DataError::Invalid(format!("dataset {name}: label {bad} out of range 0..{num_classes}")));
         }
         Ok(Dataset { name, kind, images, labels, n, channels, height, width, num_classes })
     }
@@ -219,17 +214,9 @@ impl Dataset {
 
     /// A one-paragraph description: count, shape, value range, label histogram.
     pub fn summary(&self) -> String {
-        let (lo, hi) = self
-            .images
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        let hist = self
-            .label_histogram()
-            .iter()
-            .enumerate()
-            .map(|(k, c)| format!("{k}:{c}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let (lo, hi) = self.images.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let hist =
+            self.label_histogram().iter().enumerate().map(|(k, c)| format!("{k}:{c}")).collect::<Vec<_>>().join(" ");
         let shape = match self.kind {
             DataKind::Images => format!("{}x{}x{} (c x h x w)", self.channels, self.height, self.width),
             DataKind::Points2d => "2-D points".to_string(),

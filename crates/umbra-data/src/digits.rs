@@ -36,9 +36,10 @@ pub fn parse_digits_csv(text: &str, path: &Path) -> Result<Dataset> {
             ));
         }
         for (k, f) in fields.iter().enumerate() {
-            let v: u8 = f.trim().parse().map_err(|_| {
-                DataError::format(path, format!("line {}: value `{f}` is not an integer", lineno + 1))
-            })?;
+            let v: u8 = f
+                .trim()
+                .parse()
+                .map_err(|_| DataError::format(path, format!("line {}: value `{f}` is not an integer", lineno + 1)))?;
             if k < 64 {
                 if v > 16 {
                     return Err(DataError::format(path, format!("line {}: pixel {v} outside 0..16", lineno + 1)));

@@ -21,8 +21,10 @@ pub enum DataError {
     #[error("{0}")]
     Invalid(String),
     /// A downloaded or local file whose SHA-256 does not match the known one.
-    #[error("{path}: SHA-256 mismatch: expected {expected}, found {found}; the file is corrupt or not the \
-             original — delete it and run `umbra data fetch mnist` again")]
+    #[error(
+        "{path}: SHA-256 mismatch: expected {expected}, found {found}; the file is corrupt or not the \
+             original — delete it and run `umbra data fetch mnist` again"
+    )]
     Checksum { path: PathBuf, expected: String, found: String },
     /// Downloading failed (no curl/wget, no network, HTTP error).
     #[error("{0}")]

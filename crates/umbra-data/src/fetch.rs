@@ -11,10 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Mirrors tried in order; each serves `<name>.gz`.
-pub const MNIST_MIRRORS: &[&str] = &[
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-];
+pub const MNIST_MIRRORS: &[&str] =
+    &["https://storage.googleapis.com/cvdf-datasets/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/"];
 
 /// (file stem, SHA-256 of the decompressed IDX bytes). Computed with `zcat FILE | sha256sum` from the
 /// original MNIST files.
@@ -57,9 +55,9 @@ pub fn verify_mnist_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Which downloader is on PATH.
 fn downloader() -> Option<&'static str> {
-    ["curl", "wget"].into_iter().find(|tool| {
-        Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
-    })
+    ["curl", "wget"]
+        .into_iter()
+        .find(|tool| Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false))
 }
 
 fn download(tool: &str, url: &str, dest: &Path) -> std::result::Result<(), String> {

@@ -40,7 +40,11 @@ fn labelled_files(dir: &Path) -> Result<(Vec<(PathBuf, u8)>, usize)> {
     }
     let classes = list_subdirs(dir)?;
     if classes.len() > 256 {
-        return Err(DataError::Invalid(format!("{}: {} class folders; at most 256 are supported", dir.display(), classes.len())));
+        return Err(DataError::Invalid(format!(
+            "{}: {} class folders; at most 256 are supported",
+            dir.display(),
+            classes.len()
+        )));
     }
     let mut files = Vec::new();
     for (k, c) in classes.iter().enumerate() {

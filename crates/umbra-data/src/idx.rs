@@ -82,18 +82,16 @@ pub fn parse_idx(bytes: &[u8], path: &Path, expected_magic: Option<u32>) -> Resu
             u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as usize
         })
         .collect();
-    let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| {
-        DataError::format(path, format!("dimensions {dims:?} overflow; the header is corrupt"))
-    })?;
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| DataError::format(path, format!("dimensions {dims:?} overflow; the header is corrupt")))?;
     let expected = header + count;
     if bytes.len() != expected {
         let why = if bytes.len() < expected { "file is truncated" } else { "trailing bytes after the data" };
         return Err(DataError::format(
             path,
-            format!(
-                "{why}: dimensions {dims:?} need {expected} bytes, found {}; download the file again",
-                bytes.len()
-            ),
+            format!("{why}: dimensions {dims:?} need {expected} bytes, found {}; download the file again", bytes.len()),
         ));
     }
     Ok(IdxArray { magic, dims, data: bytes[header..].to_vec() })

@@ -214,7 +214,13 @@ where
     chart.configure_mesh().light_line_style(WHITE.mix(0.0)).draw().map_err(e)?;
     // Smaller, more transparent dots for big sets so density stays visible.
     let total: usize = sets.iter().map(|s| s.points.len()).sum();
-    let (radius, alpha) = if total > 5000 { (1, 0.35) } else if total > 1000 { (2, 0.5) } else { (3, 0.8) };
+    let (radius, alpha) = if total > 5000 {
+        (1, 0.35)
+    } else if total > 1000 {
+        (2, 0.5)
+    } else {
+        (3, 0.8)
+    };
     let mut any_legend = false;
     for (k, s) in sets.iter().enumerate() {
         let base = s.color.unwrap_or(PALETTE[k % PALETTE.len()]);

@@ -12,7 +12,11 @@ fn mnist_dir() -> Option<PathBuf> {
     if p.join("t10k-images-idx3-ubyte.gz").is_file() {
         Some(p)
     } else {
-        eprintln!("SKIPPED: ../shared/data/mnist not found");
+        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED: ../shared/data/mnist not found\n"),
+        );
         None
     }
 }
@@ -31,7 +35,8 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn small_idx(n: usize) -> (Vec<u8>, Vec<u8>) {
-    let images = IdxArray { magic: IMAGES_MAGIC, dims: vec![n, 4, 3], data: (0..n * 12).map(|i| (i * 7 % 256) as u8).collect() };
+    let images =
+        IdxArray { magic: IMAGES_MAGIC, dims: vec![n, 4, 3], data: (0..n * 12).map(|i| (i * 7 % 256) as u8).collect() };
     let labels = IdxArray { magic: LABELS_MAGIC, dims: vec![n], data: (0..n).map(|i| (i % 10) as u8).collect() };
     (idx::encode_idx(&images), idx::encode_idx(&labels))
 }
@@ -132,7 +137,10 @@ fn bad_magic_and_count_mismatch_errors() {
 fn missing_mnist_says_how_to_get_it() {
     let t = tmp_dir("missing");
     let err = idx::load_mnist(&t, Split::Test).unwrap_err().to_string();
-    assert!(err.contains("t10k-images-idx3-ubyte") && err.contains("umbra data fetch mnist") && err.contains("--data"), "{err}");
+    assert!(
+        err.contains("t10k-images-idx3-ubyte") && err.contains("umbra data fetch mnist") && err.contains("--data"),
+        "{err}"
+    );
     let err = load_dataset("mnist", Some(&t), Split::Test).unwrap_err();
     assert!(matches!(err, DataError::NotFound(_)));
 }
@@ -181,7 +189,10 @@ fn mnist_mini_matches_first_1000_test_images() {
 #[test]
 fn dataset_specs_and_unknown_names() {
     let err = load_dataset("cifar", None, Split::Train).unwrap_err().to_string();
-    assert!(err.contains("unknown dataset `cifar`") && err.contains("toy2d:8gaussians") && err.contains("mnist-mini"), "{err}");
+    assert!(
+        err.contains("unknown dataset `cifar`") && err.contains("toy2d:8gaussians") && err.contains("mnist-mini"),
+        "{err}"
+    );
     let err = load_dataset("toy2d:spiral", None, Split::Train).unwrap_err().to_string();
     assert!(err.contains("valid: moons, swissroll, 8gaussians, checkerboard"), "{err}");
     assert!(load_dataset("toy2d:moons:0", None, Split::Train).is_err());

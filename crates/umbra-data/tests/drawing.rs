@@ -51,15 +51,15 @@ fn rgb_grid_from_tensor_and_minus1_1() {
 fn grid_with_labels_and_caption_and_strip() {
     let d = load_dataset("mnist-mini", None, Split::Test).unwrap().take(16);
     let p = out_dir().join("mnist-labels.png");
-    let opts = GridOptions::new(8, 2, 2)
-        .caption("mnist-mini test")
-        .labels(d.labels.iter().map(|l| l.to_string()).collect());
+    let opts =
+        GridOptions::new(8, 2, 2).caption("mnist-mini test").labels(d.labels.iter().map(|l| l.to_string()).collect());
     let (w, h) = grid::save_grid_with(&p, &d.images, d.shape(), &opts).unwrap();
     // Caption band 20 px + label band 14 px per row.
     assert_eq!((w, h), (2 + 8 * 58, 20 + 2 + 2 * (56 + 14 + 2)));
     // Text was drawn: the caption band has bright pixels.
     let img = image::open(&p).unwrap().to_rgb8();
-    let bright = (0..w).flat_map(|x| (0..20).map(move |y| (x, y))).filter(|&(x, y)| img.get_pixel(x, y)[0] > 200).count();
+    let bright =
+        (0..w).flat_map(|x| (0..20).map(move |y| (x, y))).filter(|&(x, y)| img.get_pixel(x, y)[0] > 200).count();
     assert!(bright > 20, "caption not drawn ({bright} bright pixels)");
 
     // Strip: 3 rows of 5, 2, 5 images.
@@ -98,8 +98,14 @@ fn scatter_and_density_plots() {
     plot::save_scatter(&p, "8 gaussians", &[ScatterSet::new("", &pts).labels(&labels)], None, 500).unwrap();
     assert_eq!(image::open(&p).unwrap().to_rgb8().dimensions(), (500, 500));
     let p2 = dir.join("compare.svg");
-    plot::save_scatter(&p2, "data vs samples", &[ScatterSet::new("data", &pts), ScatterSet::new("samples", &samples)], None, 400)
-        .unwrap();
+    plot::save_scatter(
+        &p2,
+        "data vs samples",
+        &[ScatterSet::new("data", &pts), ScatterSet::new("samples", &samples)],
+        None,
+        400,
+    )
+    .unwrap();
     assert!(std::fs::read_to_string(&p2).unwrap().contains("<svg"));
     let moons = Toy2d::Moons.sample(2000, 0);
     let shifted: Vec<[f32; 2]> = Toy2d::Moons.sample(500, 1).iter().map(|p| [p[0] + 0.5, p[1]]).collect();

@@ -37,14 +37,36 @@ fn geom(q: &[usize], k: &[usize], v: &[usize]) -> Result<Geom> {
 
 #[allow(clippy::too_many_arguments)]
 /// Logits tile S[tq, kn] = scale · Q[tq, d] · K[k0..k0+kn, d]ᵀ.
-unsafe fn logits(g: &Geom, q: *const f32, tq: usize, k: *const f32, k0: usize, kn: usize, scale: f32, s: &mut [f32], par: gemm::Parallelism) {
+unsafe fn logits(
+    g: &Geom,
+    q: *const f32,
+    tq: usize,
+    k: *const f32,
+    k0: usize,
+    kn: usize,
+    scale: f32,
+    s: &mut [f32],
+    par: gemm::Parallelism,
+) {
     sgemm(tq, kn, g.d, s.as_mut_ptr(), kn, 1, false, q, g.d, 1, k.add(k0 * g.d), 1, g.d, scale, par);
 }
 
 /// Forward of one query tile: o[tq, dv] = softmax(S) V with a running max and sum per row.
 #[allow(clippy::too_many_arguments)]
 #[allow(clippy::needless_range_loop)]
-unsafe fn forward_tile(g: &Geom, q: *const f32, tq: usize, k: *const f32, v: *const f32, o: *mut f32, scale: f32, s: &mut [f32], mx: &mut [f32], l: &mut [f32], par: gemm::Parallelism) {
+unsafe fn forward_tile(
+    g: &Geom,
+    q: *const f32,
+    tq: usize,
+    k: *const f32,
+    v: *const f32,
+    o: *mut f32,
+    scale: f32,
+    s: &mut [f32],
+    mx: &mut [f32],
+    l: &mut [f32],
+    par: gemm::Parallelism,
+) {
     mx[..tq].fill(f32::NEG_INFINITY);
     l[..tq].fill(0.0);
     let mut k0 = 0;
@@ -119,7 +141,19 @@ fn forward(g: &Geom, q: &[f32], k: &[f32], v: &[f32], scale: f32) -> Vec<f32> {
 /// Backward for one batch-head: dq, dk, dv from q, k, v, o and do, recomputing the logits per tile.
 #[allow(clippy::too_many_arguments)]
 #[allow(clippy::needless_range_loop)]
-unsafe fn backward_head(g: &Geom, q: &[f32], k: &[f32], v: &[f32], o: &[f32], dout: &[f32], dq: &mut [f32], dk: &mut [f32], dvv: &mut [f32], scale: f32, par: gemm::Parallelism) {
+unsafe fn backward_head(
+    g: &Geom,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dvv: &mut [f32],
+    scale: f32,
+    par: gemm::Parallelism,
+) {
     let mut s = vec![0f32; TQ * TK];
     let mut dp = vec![0f32; TQ * TK];
     let mut lse = vec![0f32; TQ];
@@ -167,9 +201,41 @@ unsafe fn backward_head(g: &Geom, q: &[f32], k: &[f32], v: &[f32], o: &[f32], do
                 s[i * kn..(i + 1) * kn].iter_mut().for_each(|x| *x = (*x - lse[i]).exp());
             }
             // dV[k0.., dv] += Pᵀ · dO
-            sgemm(kn, g.dv, tq, dvv.as_mut_ptr().add(k0 * g.dv), g.dv, 1, true, s.as_ptr(), 1, kn, dop, g.dv, 1, 1.0, par);
+            sgemm(
+                kn,
+                g.dv,
+                tq,
+                dvv.as_mut_ptr().add(k0 * g.dv),
+                g.dv,
+                1,
+                true,
+                s.as_ptr(),
+                1,
+                kn,
+                dop,
+                g.dv,
+                1,
+                1.0,
+                par,
+            );
             // dP = dO · V_tileᵀ
-            sgemm(tq, kn, g.dv, dp.as_mut_ptr(), kn, 1, false, dop, g.dv, 1, v.as_ptr().add(k0 * g.dv), 1, g.dv, 1.0, par);
+            sgemm(
+                tq,
+                kn,
+                g.dv,
+                dp.as_mut_ptr(),
+                kn,
+                1,
+                false,
+                dop,
+                g.dv,
+                1,
+                v.as_ptr().add(k0 * g.dv),
+                1,
+                g.dv,
+                1.0,
+                par,
+            );
             // dS = P ∘ (dP − D)
             for i in 0..tq {
                 let (pr, dr) = (&s[i * kn..(i + 1) * kn], &mut dp[i * kn..(i + 1) * kn]);
@@ -178,7 +244,23 @@ unsafe fn backward_head(g: &Geom, q: &[f32], k: &[f32], v: &[f32], o: &[f32], do
                 }
             }
             // dQ_tile += scale · dS · K_tile ; dK_tile += scale · dSᵀ · Q_tile
-            sgemm(tq, g.d, kn, dq.as_mut_ptr().add(q0 * g.d), g.d, 1, k0 > 0, dp.as_ptr(), kn, 1, k.as_ptr().add(k0 * g.d), g.d, 1, scale, par);
+            sgemm(
+                tq,
+                g.d,
+                kn,
+                dq.as_mut_ptr().add(q0 * g.d),
+                g.d,
+                1,
+                k0 > 0,
+                dp.as_ptr(),
+                kn,
+                1,
+                k.as_ptr().add(k0 * g.d),
+                g.d,
+                1,
+                scale,
+                par,
+            );
             sgemm(kn, g.d, tq, dk.as_mut_ptr().add(k0 * g.d), g.d, 1, true, dp.as_ptr(), 1, kn, qp, g.d, 1, scale, par);
             k0 += kn;
         }
@@ -186,14 +268,34 @@ unsafe fn backward_head(g: &Geom, q: &[f32], k: &[f32], v: &[f32], o: &[f32], do
     }
 }
 
-fn backward(g: &Geom, q: &[f32], k: &[f32], v: &[f32], o: &[f32], dout: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn backward(
+    g: &Geom,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    dout: &[f32],
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (qs, ks, vs, os) = (g.n * g.d, g.m * g.d, g.m * g.dv, g.n * g.dv);
     let mut dq = vec![0f32; g.bh * qs];
     let mut dk = vec![0f32; g.bh * ks];
     let mut dv = vec![0f32; g.bh * vs];
     let nt = threads();
     let one = |b: usize, dqb: &mut [f32], dkb: &mut [f32], dvb: &mut [f32], par| unsafe {
-        backward_head(g, &q[b * qs..][..qs], &k[b * ks..][..ks], &v[b * vs..][..vs], &o[b * os..][..os], &dout[b * os..][..os], dqb, dkb, dvb, scale, par)
+        backward_head(
+            g,
+            &q[b * qs..][..qs],
+            &k[b * ks..][..ks],
+            &v[b * vs..][..vs],
+            &o[b * os..][..os],
+            &dout[b * os..][..os],
+            dqb,
+            dkb,
+            dvb,
+            scale,
+            par,
+        )
     };
     if g.bh >= nt && nt > 1 {
         dq.par_chunks_mut(qs.max(1))
@@ -220,9 +322,18 @@ impl CustomOp3 for AttentionOp {
         "umbra-attention"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = geom(l1.dims(), l2.dims(), l3.dims())?;
-        let (q, k, v) = (f32_slice(s1, l1, "attention")?, f32_slice(s2, l2, "attention")?, f32_slice(s3, l3, "attention")?);
+        let (q, k, v) =
+            (f32_slice(s1, l1, "attention")?, f32_slice(s2, l2, "attention")?, f32_slice(s3, l3, "attention")?);
         let mut dims = l1.dims().to_vec();
         *dims.last_mut().unwrap() = g.dv;
         if g.m == 0 {
@@ -231,16 +342,31 @@ impl CustomOp3 for AttentionOp {
         Ok(output(forward(&g, q, k, v, self.scale), dims))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, res: &Tensor, dout: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        dout: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = geom(q.dims(), k.dims(), v.dims())?;
         let (dq, dk, dv) = with_f32(q, "attention", |qs| {
             with_f32(k, "attention", |ks| {
                 with_f32(v, "attention", |vs| {
-                    with_f32(res, "attention", |os| with_f32(dout, "attention", |ds| Ok(backward(&g, qs, ks, vs, os, ds, self.scale))))
+                    with_f32(res, "attention", |os| {
+                        with_f32(dout, "attention", |ds| Ok(backward(&g, qs, ks, vs, os, ds, self.scale)))
+                    })
                 })
             })
         })?;
-        let wrap = |t: &Tensor, d: Vec<f32>| -> Result<Option<Tensor>> { if t.track_op() { Ok(Some(tensor(d, t.shape())?)) } else { Ok(None) } };
+        let wrap = |t: &Tensor, d: Vec<f32>| -> Result<Option<Tensor>> {
+            if t.track_op() {
+                Ok(Some(tensor(d, t.shape())?))
+            } else {
+                Ok(None)
+            }
+        };
         Ok((wrap(q, dq)?, wrap(k, dk)?, wrap(v, dv)?))
     }
 }

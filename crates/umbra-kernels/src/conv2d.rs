@@ -1,7 +1,7 @@
 //! 2-D convolution on CPU (`f32`, `groups = 1`): per-image, per-row-tile im2col + `gemm`, parallel over
 //! the batch; backward computes the input, weight and bias gradients in one pass over the batch.
 
-use crate::cpu_storage::{f32_slice, output, sgemm, tensor, threads, gemm_par, with_f32, SendPtr};
+use crate::cpu_storage::{f32_slice, gemm_par, output, sgemm, tensor, threads, with_f32, SendPtr};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -9,7 +9,12 @@ use rayon::prelude::*;
 /// (override with `UMBRA_CONV_TILE_KB` for tuning).
 fn tile_bytes() -> usize {
     static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *T.get_or_init(|| std::env::var("UMBRA_CONV_TILE_KB").ok().and_then(|v| v.parse::<usize>().ok()).map_or(1 << 20, |kb| kb.max(1) << 10))
+    *T.get_or_init(|| {
+        std::env::var("UMBRA_CONV_TILE_KB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(1 << 20, |kb| kb.max(1) << 10)
+    })
 }
 
 /// Shapes of one convolution.
@@ -154,7 +159,15 @@ fn col2im_add(g: &ConvGeom, col: &[f32], oy0: usize, oy1: usize, dx: &mut [f32])
 }
 
 /// One image: y[cout, ho·wo] = W[cout, ckk] · col[ckk, ho·wo] + b.
-fn forward_image(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], col: &mut [f32], par: gemm::Parallelism) {
+fn forward_image(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    col: &mut [f32],
+    par: gemm::Parallelism,
+) {
     let howo = g.ho * g.wo;
     if let Some(b) = bias {
         for (co, row) in y.chunks_mut(howo).enumerate() {
@@ -164,7 +177,23 @@ fn forward_image(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &m
     let acc = bias.is_some();
     unsafe {
         if g.pointwise() {
-            sgemm(g.cout, howo, g.cin, y.as_mut_ptr(), howo, 1, acc, w.as_ptr(), g.cin, 1, x.as_ptr(), howo, 1, 1.0, par);
+            sgemm(
+                g.cout,
+                howo,
+                g.cin,
+                y.as_mut_ptr(),
+                howo,
+                1,
+                acc,
+                w.as_ptr(),
+                g.cin,
+                1,
+                x.as_ptr(),
+                howo,
+                1,
+                1.0,
+                par,
+            );
             return;
         }
         let ckk = g.ckk();
@@ -174,7 +203,23 @@ fn forward_image(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &m
             let oy1 = (oy0 + tr).min(g.ho);
             let n = (oy1 - oy0) * g.wo;
             im2col(g, x, oy0, oy1, &mut col[..ckk * n]);
-            sgemm(g.cout, n, ckk, y.as_mut_ptr().add(oy0 * g.wo), howo, 1, acc, w.as_ptr(), ckk, 1, col.as_ptr(), n, 1, 1.0, par);
+            sgemm(
+                g.cout,
+                n,
+                ckk,
+                y.as_mut_ptr().add(oy0 * g.wo),
+                howo,
+                1,
+                acc,
+                w.as_ptr(),
+                ckk,
+                1,
+                col.as_ptr(),
+                n,
+                1,
+                1.0,
+                par,
+            );
             oy0 = oy1;
         }
     }
@@ -201,10 +246,42 @@ fn backward_image(
     unsafe {
         if g.pointwise() {
             // dW[cout, cin] += dy[cout, hw] · xᵀ[hw, cin]
-            sgemm(g.cout, g.cin, howo, dw.as_mut_ptr(), g.cin, 1, true, dy.as_ptr(), howo, 1, x.as_ptr(), 1, howo, 1.0, par);
+            sgemm(
+                g.cout,
+                g.cin,
+                howo,
+                dw.as_mut_ptr(),
+                g.cin,
+                1,
+                true,
+                dy.as_ptr(),
+                howo,
+                1,
+                x.as_ptr(),
+                1,
+                howo,
+                1.0,
+                par,
+            );
             if let Some(dx) = dx {
                 // dx[cin, hw] = Wᵀ[cin, cout] · dy[cout, hw]
-                sgemm(g.cin, howo, g.cout, dx.as_mut_ptr(), howo, 1, false, w.as_ptr(), 1, g.cin, dy.as_ptr(), howo, 1, 1.0, par);
+                sgemm(
+                    g.cin,
+                    howo,
+                    g.cout,
+                    dx.as_mut_ptr(),
+                    howo,
+                    1,
+                    false,
+                    w.as_ptr(),
+                    1,
+                    g.cin,
+                    dy.as_ptr(),
+                    howo,
+                    1,
+                    1.0,
+                    par,
+                );
             }
             return;
         }
@@ -239,13 +316,10 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, 
     let nt = threads();
     let bias_of = |i: usize| bias.map(|b| if per_image { &b[i * g.cout..(i + 1) * g.cout] } else { b });
     if g.b >= nt && nt > 1 {
-        y.par_chunks_mut(g.out_len().max(1))
-            .zip(x.par_chunks(g.in_len().max(1)))
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; g.col_len()],
-                |col, (i, (yi, xi))| forward_image(g, xi, w, bias_of(i), yi, col, gemm::Parallelism::None),
-            );
+        y.par_chunks_mut(g.out_len().max(1)).zip(x.par_chunks(g.in_len().max(1))).enumerate().for_each_init(
+            || vec![0f32; g.col_len()],
+            |col, (i, (yi, xi))| forward_image(g, xi, w, bias_of(i), yi, col, gemm::Parallelism::None),
+        );
     } else {
         let mut col = vec![0f32; g.col_len()];
         for (i, (yi, xi)) in y.chunks_mut(g.out_len().max(1)).zip(x.chunks(g.in_len().max(1))).enumerate() {
@@ -256,7 +330,13 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, 
 }
 
 /// Gradients of a convolution: (dx if `need_dx`, dW, db per image `[b, cout]`).
-pub(crate) fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], need_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+pub(crate) fn backward(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let nt = threads();
     let wlen = g.cout * g.ckk();
     let mut dx = if need_dx { Some(vec![0f32; g.b * g.in_len()]) } else { None };
@@ -274,9 +354,24 @@ pub(crate) fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], need_dx: 
         let mut dcol = if need_dx { vec![0f32; g.col_len()] } else { Vec::new() };
         for i in i0..i1 {
             // SAFETY: image i's slices of dx and db are written by exactly one chunk.
-            let dxi = if need_dx { Some(unsafe { std::slice::from_raw_parts_mut(dxp.get().add(i * in_len), in_len) }) } else { None };
+            let dxi = if need_dx {
+                Some(unsafe { std::slice::from_raw_parts_mut(dxp.get().add(i * in_len), in_len) })
+            } else {
+                None
+            };
             let dbi = unsafe { std::slice::from_raw_parts_mut(dbp.get().add(i * g.cout), g.cout) };
-            backward_image(g, &x[i * in_len..(i + 1) * in_len], w, &dy[i * out_len..(i + 1) * out_len], dxi, &mut dw, dbi, &mut col, &mut dcol, inner_par);
+            backward_image(
+                g,
+                &x[i * in_len..(i + 1) * in_len],
+                w,
+                &dy[i * out_len..(i + 1) * out_len],
+                dxi,
+                &mut dw,
+                dbi,
+                &mut col,
+                &mut dcol,
+                inner_par,
+            );
         }
         dw
     };
@@ -306,7 +401,15 @@ impl CustomOp3 for Conv2dOp {
         "umbra-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let x = f32_slice(s1, l1, "conv2d")?;
         let w = f32_slice(s2, l2, "conv2d")?;
@@ -318,7 +421,14 @@ impl CustomOp3 for Conv2dOp {
         Ok(output(forward(&g, x, w, Some(b), per_image), (g.b, g.cout, g.ho, g.wo)))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
         let need_dx = x.track_op();
         let (dx, dw, db) = with_f32(x, "conv2d", |xs| {
@@ -342,7 +452,14 @@ impl CustomOp3 for Conv2dOp {
 }
 
 /// y = conv2d(x, w) + b + image_bias[:, :, None, None] on the fast CPU path (inputs may be non-contiguous).
-pub(crate) fn conv2d_image_bias(x: &Tensor, w: &Tensor, b: Option<&Tensor>, image_bias: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+pub(crate) fn conv2d_image_bias(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    image_bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     let bias = match b {
         Some(b) => image_bias.broadcast_add(&b.flatten_all()?.unsqueeze(0)?)?,
         None => image_bias.clone(),

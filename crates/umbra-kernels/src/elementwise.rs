@@ -66,7 +66,9 @@ impl CustomOp1 for SiluOp {
         let dx = with_f32(x, "silu", |x| {
             with_f32(dy, "silu", |dy| {
                 let mut dx = vec![0f32; x.len()];
-                dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| silu_grad_chunk(x, dy, dx));
+                dx.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+                    .for_each(|(dx, (x, dy))| silu_grad_chunk(x, dy, dx));
                 Ok(dx)
             })
         })?;
@@ -127,7 +129,9 @@ impl CustomOp1 for SoftmaxOp {
             with_f32(dy, "softmax_last_dim", |dy| {
                 let mut dx = vec![0f32; y.len()];
                 let rc = rows_per_chunk(d) * d;
-                dx.par_chunks_mut(rc).zip(y.par_chunks(rc).zip(dy.par_chunks(rc))).for_each(|(dx, (y, dy))| softmax_grad_rows(y, dy, dx, d));
+                dx.par_chunks_mut(rc)
+                    .zip(y.par_chunks(rc).zip(dy.par_chunks(rc)))
+                    .for_each(|(dx, (y, dy))| softmax_grad_rows(y, dy, dx, d));
                 Ok(dx)
             })
         })?;

@@ -146,17 +146,35 @@ impl CustomOp3 for GroupNormOp {
         }
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = self.geom(l1.dims(), l2.shape().elem_count(), l3.shape().elem_count())?;
-        let (x, gamma, beta) = (f32_slice(s1, l1, "group_norm")?, f32_slice(s2, l2, "group_norm")?, f32_slice(s3, l3, "group_norm")?);
+        let (x, gamma, beta) =
+            (f32_slice(s1, l1, "group_norm")?, f32_slice(s2, l2, "group_norm")?, f32_slice(s3, l3, "group_norm")?);
         Ok(output(self.forward(&g, x, gamma, beta), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.geom(x.dims(), gamma.elem_count(), beta.elem_count())?;
         let (dx, dg, db) = with_f32(x, "group_norm", |xs| {
             with_f32(gamma, "group_norm", |gs| {
-                with_f32(beta, "group_norm", |bs| with_f32(dy, "group_norm", |dys| Ok(self.backward(&g, xs, gs, bs, dys))))
+                with_f32(beta, "group_norm", |bs| {
+                    with_f32(dy, "group_norm", |dys| Ok(self.backward(&g, xs, gs, bs, dys)))
+                })
             })
         })?;
         let dx = if x.track_op() { Some(tensor(dx, x.shape())?) } else { None };
@@ -166,6 +184,17 @@ impl CustomOp3 for GroupNormOp {
     }
 }
 
-pub(crate) fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f64, silu: bool) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(&gamma.flatten_all()?.contiguous()?, &beta.flatten_all()?.contiguous()?, GroupNormOp { groups, eps, silu })
+pub(crate) fn group_norm(
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &gamma.flatten_all()?.contiguous()?,
+        &beta.flatten_all()?.contiguous()?,
+        GroupNormOp { groups, eps, silu },
+    )
 }

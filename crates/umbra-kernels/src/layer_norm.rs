@@ -23,9 +23,18 @@ impl CustomOp3 for LayerNormOp {
         "umbra-layer-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let d = width(l1.dims(), l2.shape().elem_count(), l3.shape().elem_count())?;
-        let (x, g, b) = (f32_slice(s1, l1, "layer_norm")?, f32_slice(s2, l2, "layer_norm")?, f32_slice(s3, l3, "layer_norm")?);
+        let (x, g, b) =
+            (f32_slice(s1, l1, "layer_norm")?, f32_slice(s2, l2, "layer_norm")?, f32_slice(s3, l3, "layer_norm")?);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
             let (mean, rstd) = moments(x, self.eps);
@@ -36,7 +45,14 @@ impl CustomOp3 for LayerNormOp {
         Ok(output(y, l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = width(x.dims(), gamma.elem_count(), beta.elem_count())?;
         let eps = self.eps;
         let (dx, dg, db) = with_f32(x, "layer_norm", |x| {
@@ -83,7 +99,13 @@ impl CustomOp3 for LayerNormOp {
                 })
             })
         })?;
-        let wrap = |t: &Tensor, v: Vec<f32>| -> Result<Option<Tensor>> { if t.track_op() { Ok(Some(tensor(v, t.shape())?)) } else { Ok(None) } };
+        let wrap = |t: &Tensor, v: Vec<f32>| -> Result<Option<Tensor>> {
+            if t.track_op() {
+                Ok(Some(tensor(v, t.shape())?))
+            } else {
+                Ok(None)
+            }
+        };
         Ok((wrap(x, dx)?, wrap(gamma, dg)?, wrap(beta, db)?))
     }
 }

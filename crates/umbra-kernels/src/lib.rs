@@ -19,8 +19,8 @@ mod cpu_storage;
 mod elementwise;
 mod group_norm;
 mod layer_norm;
-mod simd;
 pub mod reference;
+mod simd;
 
 use candle_core::{DType, Result, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -96,7 +96,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding
 /// Convolution plus a bias per image and output channel: y = w ⋆ x + b + image_bias[:, :, None, None],
 /// `image_bias: [B, C_out]` (a diffusion U-Net's projected time embedding). The fast path adds it in the
 /// convolution's output pass, saving a broadcast add over the whole activation and its backward.
-pub fn conv2d_image_bias(x: &Tensor, w: &Tensor, b: Option<&Tensor>, image_bias: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+pub fn conv2d_image_bias(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    image_bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     if fast(&[x, w, image_bias]) && b.is_none_or(|b| fast(&[b])) {
         conv2d::conv2d_image_bias(x, w, b, image_bias, stride, padding)
     } else {

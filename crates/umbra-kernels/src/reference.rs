@@ -13,7 +13,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding
 }
 
 /// conv2d(x, w, b) + image_bias[:, :, None, None] with `image_bias: [B, C_out]`.
-pub fn conv2d_image_bias(x: &Tensor, w: &Tensor, b: Option<&Tensor>, image_bias: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+pub fn conv2d_image_bias(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    image_bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     let (n, c) = image_bias.dims2()?;
     conv2d(x, w, b, stride, padding)?.broadcast_add(&image_bias.reshape((n, c, 1, 1))?)
 }
@@ -33,8 +40,7 @@ pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps:
     let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?.reshape(dims.as_slice())?.to_dtype(dt)?;
     let mut shape = vec![1usize; dims.len()];
     shape[1] = c;
-    xn.broadcast_mul(&gamma.reshape(shape.as_slice())?)?
-        .broadcast_add(&beta.reshape(shape.as_slice())?)
+    xn.broadcast_mul(&gamma.reshape(shape.as_slice())?)?.broadcast_add(&beta.reshape(shape.as_slice())?)
 }
 
 pub fn group_norm_silu(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
@@ -71,9 +77,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&T
 
 pub fn upsample_nearest(x: &Tensor, factor: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    x.reshape((b, c, h, 1, w, 1))?
-        .broadcast_as((b, c, h, factor, w, factor))?
-        .reshape((b, c, h * factor, w * factor))
+    x.reshape((b, c, h, 1, w, 1))?.broadcast_as((b, c, h, factor, w, factor))?.reshape((b, c, h * factor, w * factor))
 }
 
 pub fn silu(x: &Tensor) -> Result<Tensor> {

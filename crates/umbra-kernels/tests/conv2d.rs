@@ -73,7 +73,8 @@ fn conv2d_image_bias_matches_reference_and_finite_differences() {
     use umbra_kernels::conv2d_image_bias;
     for (k, stride, pad) in [(3, 1, 1), (1, 1, 0), (3, 2, 1)] {
         let name = format!("conv2d_image_bias k{k} s{stride} p{pad}");
-        let inputs = vec![rand(&[3, 4, 7, 7], 11), (rand(&[5, 4, k, k], 12) * 0.3).unwrap(), rand(&[5], 13), rand(&[3, 5], 14)];
+        let inputs =
+            vec![rand(&[3, 4, 7, 7], 11), (rand(&[5, 4, k, k], 12) * 0.3).unwrap(), rand(&[5], 13), rand(&[3, 5], 14)];
         let f = |t: &[candle_core::Tensor]| conv2d_image_bias(&t[0], &t[1], Some(&t[2]), &t[3], stride, pad);
         let r = |t: &[candle_core::Tensor]| reference::conv2d_image_bias(&t[0], &t[1], Some(&t[2]), &t[3], stride, pad);
         check_vs_reference(&name, &inputs, f, r, 1e-4, 1e-4);
@@ -103,5 +104,9 @@ fn conv2d_backward_cpu_time() {
     for _ in 0..10 {
         run();
     }
-    eprintln!("conv2d 64->64 3x3 [64,64,32,32] fwd+bwd: {:.1} ms CPU, {:.1} ms wall per call", (cpu_ms() - c0) / 10.0, t0.elapsed().as_secs_f64() * 100.0);
+    eprintln!(
+        "conv2d 64->64 3x3 [64,64,32,32] fwd+bwd: {:.1} ms CPU, {:.1} ms wall per call",
+        (cpu_ms() - c0) / 10.0,
+        t0.elapsed().as_secs_f64() * 100.0
+    );
 }

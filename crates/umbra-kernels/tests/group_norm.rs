@@ -5,11 +5,7 @@ use common::*;
 use umbra_kernels::{group_norm, group_norm_silu, reference};
 
 fn inputs(b: usize, c: usize, hw: usize) -> Vec<Tensor> {
-    vec![
-        rand(&[b, c, hw, hw], 1).affine(2.0, 0.5).unwrap(),
-        (rand(&[c], 2) + 1.0).unwrap(),
-        rand(&[c], 3),
-    ]
+    vec![rand(&[b, c, hw, hw], 1).affine(2.0, 0.5).unwrap(), (rand(&[c], 2) + 1.0).unwrap(), rand(&[c], 3)]
 }
 
 #[test]

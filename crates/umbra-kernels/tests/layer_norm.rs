@@ -6,7 +6,8 @@ use umbra_kernels::{layer_norm, reference};
 
 #[test]
 fn layer_norm_matches_reference_and_finite_differences() {
-    let inp = vec![rand(&[3, 4, 10], 1).affine(2.0, 1.0).unwrap(), rand(&[10], 2).affine(0.5, 1.0).unwrap(), rand(&[10], 3)];
+    let inp =
+        vec![rand(&[3, 4, 10], 1).affine(2.0, 1.0).unwrap(), rand(&[10], 2).affine(0.5, 1.0).unwrap(), rand(&[10], 3)];
     let f = |t: &[Tensor]| layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5);
     let r = |t: &[Tensor]| reference::layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5);
     check_vs_reference("layer_norm", &inp, f, r, 1e-4, 1e-3);

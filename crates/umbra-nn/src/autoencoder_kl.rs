@@ -134,7 +134,10 @@ impl Config {
         }
         for (i, &c) in self.block_out_channels.iter().enumerate() {
             if c % self.norm_num_groups != 0 {
-                return Err(format!("`block_out_channels`[{i}] = {c} is not divisible by `norm_num_groups` = {}", self.norm_num_groups));
+                return Err(format!(
+                    "`block_out_channels`[{i}] = {c} is not divisible by `norm_num_groups` = {}",
+                    self.norm_num_groups
+                ));
             }
         }
         Ok(())
@@ -178,7 +181,11 @@ impl VaeMidBlock {
     fn new(vb: VarBuilder, channels: usize, groups: usize, add_attention: bool) -> Result<Self> {
         let rc = resnet_cfg(channels, channels, groups);
         let resnet_0 = ResnetBlock2D::new(vb.pp("resnets").pp(0), rc)?;
-        let attention = if add_attention { Some(VaeAttentionBlock::new(vb.pp("attentions").pp(0), channels, groups, 1e-6)?) } else { None };
+        let attention = if add_attention {
+            Some(VaeAttentionBlock::new(vb.pp("attentions").pp(0), channels, groups, 1e-6)?)
+        } else {
+            None
+        };
         let resnet_1 = ResnetBlock2D::new(vb.pp("resnets").pp(1), rc)?;
         Ok(Self { resnet_0, attention, resnet_1 })
     }
@@ -195,7 +202,15 @@ impl Module for VaeMidBlock {
 }
 
 fn resnet_cfg(cin: usize, cout: usize, groups: usize) -> ResnetConfig {
-    ResnetConfig { in_channels: cin, out_channels: cout, temb_channels: None, groups, eps: 1e-6, output_scale_factor: 1.0, scale_shift: false }
+    ResnetConfig {
+        in_channels: cin,
+        out_channels: cout,
+        temb_channels: None,
+        groups,
+        eps: 1e-6,
+        output_scale_factor: 1.0,
+        scale_shift: false,
+    }
 }
 
 /// `DownEncoderBlock2D`: resnets, then an optional asymmetric-padding downsampler.
@@ -260,9 +275,15 @@ impl Encoder {
             output_channel = c;
             let vbi = vb.pp("down_blocks").pp(i);
             let resnets = (0..cfg.layers_per_block)
-                .map(|j| ResnetBlock2D::new(vbi.pp("resnets").pp(j), resnet_cfg(if j == 0 { input_channel } else { c }, c, g)))
+                .map(|j| {
+                    ResnetBlock2D::new(
+                        vbi.pp("resnets").pp(j),
+                        resnet_cfg(if j == 0 { input_channel } else { c }, c, g),
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
-            let downsampler = if i + 1 < boc.len() { Some(Downsample2D::new(vbi.pp("downsamplers").pp(0), c, c, 0)?) } else { None };
+            let downsampler =
+                if i + 1 < boc.len() { Some(Downsample2D::new(vbi.pp("downsamplers").pp(0), c, c, 0)?) } else { None };
             down_blocks.push(DownEncoderBlock2D { resnets, downsampler });
         }
         let last = *boc.last().expect("non-empty");
@@ -311,7 +332,8 @@ impl Decoder {
             let resnets = (0..cfg.layers_per_block + 1)
                 .map(|j| ResnetBlock2D::new(vbi.pp("resnets").pp(j), resnet_cfg(if j == 0 { prev } else { c }, c, g)))
                 .collect::<Result<Vec<_>>>()?;
-            let upsampler = if i + 1 < rev.len() { Some(Upsample2D::new(vbi.pp("upsamplers").pp(0), c, c)?) } else { None };
+            let upsampler =
+                if i + 1 < rev.len() { Some(Upsample2D::new(vbi.pp("upsamplers").pp(0), c, c)?) } else { None };
             up_blocks.push(UpDecoderBlock2D { resnets, upsampler });
         }
         let conv_norm_out = GroupNorm::new(vb.pp("conv_norm_out"), g, boc[0], 1e-6)?;
@@ -411,20 +433,28 @@ impl AutoencoderKL {
         let l = cfg.latent_channels;
         let encoder = Encoder::new(vb.pp("encoder"), cfg)?;
         let decoder = Decoder::new(vb.pp("decoder"), cfg)?;
-        let quant_conv = if cfg.use_quant_conv { Some(Conv2d::new(vb.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0)?) } else { None };
-        let post_quant_conv = if cfg.use_post_quant_conv { Some(Conv2d::new(vb.pp("post_quant_conv"), l, l, 1, 1, 0)?) } else { None };
+        let quant_conv =
+            if cfg.use_quant_conv { Some(Conv2d::new(vb.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0)?) } else { None };
+        let post_quant_conv =
+            if cfg.use_post_quant_conv { Some(Conv2d::new(vb.pp("post_quant_conv"), l, l, 1, 1, 0)?) } else { None };
         Ok(Self { encoder, decoder, quant_conv, post_quant_conv, config: cfg.clone() })
     }
 
     /// Loads a diffusers `vae/` folder (`config.json` + `diffusion_pytorch_model.safetensors`, memory-mapped)
     /// with the same full key check as the UNet. diffusers' pre-0.14 mid-block attention names
     /// (`query`/`key`/`value`/`proj_attn`) are accepted too ([`crate::checkpoint::vae_legacy_key`]).
-    pub fn from_diffusers_dir(dir: impl AsRef<Path>, device: &Device, dtype: DType) -> std::result::Result<Self, LoadError> {
+    pub fn from_diffusers_dir(
+        dir: impl AsRef<Path>,
+        device: &Device,
+        dtype: DType,
+    ) -> std::result::Result<Self, LoadError> {
         let dir = dir.as_ref();
         let cfg: Config = weights::read_config(&dir.join("config.json"))?;
         cfg.validate().map_err(|e| LoadError::Config { path: dir.join("config.json"), msg: e })?;
         let files = weights::find_weights(dir)?;
-        weights::load_checked_renamed(&files, device, dtype, "AutoencoderKL", crate::checkpoint::vae_legacy_key, |vb| Self::new(vb, &cfg))
+        weights::load_checked_renamed(&files, device, dtype, "AutoencoderKL", crate::checkpoint::vae_legacy_key, |vb| {
+            Self::new(vb, &cfg)
+        })
     }
 
     /// The spatial downsampling factor 2^(levels − 1) (8 for SD).

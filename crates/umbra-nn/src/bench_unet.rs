@@ -37,7 +37,14 @@ impl ResBlock {
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
         // c1(SiLU(GN(x))) + t(SiLU(temb))[:, :, None, None], the time term fused into the conv's output.
         let t = self.t.forward(&silu(temb)?)?;
-        let h = umbra_kernels::conv2d_image_bias(&self.n1.forward_silu(x)?, &self.c1.weight, self.c1.bias.as_ref(), &t, 1, 1)?;
+        let h = umbra_kernels::conv2d_image_bias(
+            &self.n1.forward_silu(x)?,
+            &self.c1.weight,
+            self.c1.bias.as_ref(),
+            &t,
+            1,
+            1,
+        )?;
         let h = self.c2.forward(&self.n2.forward_silu(&h)?)?;
         match &self.skip {
             Some(s) => s.forward(x)? + h,
@@ -197,7 +204,12 @@ mod tests {
     fn bench_unet_every_parameter_gets_a_gradient() {
         let (varmap, model) = build();
         let b = 2;
-        let x = Tensor::from_vec((0..b * 1024).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect::<Vec<_>>(), (b, 1, 32, 32), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(
+            (0..b * 1024).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect::<Vec<_>>(),
+            (b, 1, 32, 32),
+            &Device::Cpu,
+        )
+        .unwrap();
         let t = Tensor::new(&[3f32, 700.0], &Device::Cpu).unwrap();
         let y = model.forward(&x, &t).unwrap();
         assert_eq!(y.dims(), &[b, 1, 32, 32]);

@@ -48,7 +48,10 @@ pub enum Transform {
     /// `[C_out, C_in, 1, 1]` conv weight → `[C_out, C_in]` linear weight (LDM's VAE attention).
     SqueezeConv1x1,
     /// Row block `index` of `chunks` equal blocks along dim 0 (OpenCLIP's fused `in_proj` → q, k, v).
-    Chunk { index: usize, chunks: usize },
+    Chunk {
+        index: usize,
+        chunks: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -180,7 +183,9 @@ impl RenamedWeights {
                     a diffusers folder of the same architecture).";
         match unet::weights::build_checked(self.clone(), dtype, dev, ignore, ("checkpoint", hint), build) {
             Ok(Ok(model)) => Ok(model),
-            Ok(Err(report)) => Err(CheckpointError::Mismatch { what: what.to_string(), path: self.path.clone(), report }),
+            Ok(Err(report)) => {
+                Err(CheckpointError::Mismatch { what: what.to_string(), path: self.path.clone(), report })
+            }
             Err(source) => Err(CheckpointError::Candle { what: what.to_string(), source }),
         }
     }
@@ -394,7 +399,9 @@ pub fn open_clip_key(k: &str) -> Option<(String, Transform)> {
     let r = k.strip_prefix("transformer.resblocks.")?;
     let (i, p) = r.split_once('.')?;
     let pre = format!("text_model.encoder.layers.{i}");
-    for (a, b) in [("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2.")] {
+    for (a, b) in
+        [("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2.")]
+    {
         if let Some(s) = p.strip_prefix(a) {
             return id(format!("{pre}.{b}{s}"));
         }
@@ -486,7 +493,11 @@ pub fn compvis_to_diffusers(all: &RenamedWeights, unet_layers_per_block: usize) 
             vae.len()
         )));
     }
-    let mk = |m: BTreeMap<String, SourceKey>| RenamedWeights { st: all.st.clone(), map: Arc::new(m), path: all.path.clone() };
+    let mk = |m: BTreeMap<String, SourceKey>| RenamedWeights {
+        st: all.st.clone(),
+        map: Arc::new(m),
+        path: all.path.clone(),
+    };
     Ok(CompVisParts { unet: mk(unet), vae: mk(vae), text_encoder: mk(text), text_tower, ignored })
 }
 
@@ -537,8 +548,10 @@ impl Default for LoadOptions {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| CheckpointError::Read { path: path.to_path_buf(), msg: e.to_string() })?;
-    serde_json::from_str(&text).map_err(|e| CheckpointError::Read { path: path.to_path_buf(), msg: format!("invalid JSON config: {e}") })
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CheckpointError::Read { path: path.to_path_buf(), msg: e.to_string() })?;
+    serde_json::from_str(&text)
+        .map_err(|e| CheckpointError::Read { path: path.to_path_buf(), msg: format!("invalid JSON config: {e}") })
 }
 
 /// The safetensors weight files of a transformers model folder (`model.safetensors` or its shards).
@@ -563,7 +576,8 @@ pub fn vae_legacy_key(k: &str) -> String {
     if !k.contains(".mid_block.attentions.") {
         return k.to_string();
     }
-    for (old, new) in [(".query.", ".to_q."), (".key.", ".to_k."), (".value.", ".to_v."), (".proj_attn.", ".to_out.0.")] {
+    for (old, new) in [(".query.", ".to_q."), (".key.", ".to_k."), (".value.", ".to_v."), (".proj_attn.", ".to_out.0.")]
+    {
         if k.contains(old) {
             return k.replace(old, new);
         }
@@ -656,10 +670,20 @@ impl StableDiffusion {
             }
         }
         let parts = compvis_to_diffusers(&all, unet_cfg.layers_per_block)?;
-        let unet = parts.unet.build("UNet2DConditionModel (single file)", dt, dev, |_| false, |vb| {
-            UNet2DConditionModel::new(vb, &unet_cfg)
-        })?;
-        let vae = parts.vae.build("AutoencoderKL (single file)", vae_dtype(&vae_cfg, dt), dev, |_| false, |vb| AutoencoderKL::new(vb, &vae_cfg))?;
+        let unet = parts.unet.build(
+            "UNet2DConditionModel (single file)",
+            dt,
+            dev,
+            |_| false,
+            |vb| UNet2DConditionModel::new(vb, &unet_cfg),
+        )?;
+        let vae = parts.vae.build(
+            "AutoencoderKL (single file)",
+            vae_dtype(&vae_cfg, dt),
+            dev,
+            |_| false,
+            |vb| AutoencoderKL::new(vb, &vae_cfg),
+        )?;
         let n = text_cfg.num_hidden_layers;
         let text_encoder = parts.text_encoder.build(
             "CLIPTextModel (single file)",
@@ -685,7 +709,9 @@ impl StableDiffusion {
             tokenizer.pad_id = 0; // OpenCLIP pads with "!"
         }
         let scheduler_config = match cfg_dir {
-            Some(d) if d.join("scheduler/scheduler_config.json").is_file() => Some(read_json(&d.join("scheduler/scheduler_config.json"))?),
+            Some(d) if d.join("scheduler/scheduler_config.json").is_file() => {
+                Some(read_json(&d.join("scheduler/scheduler_config.json"))?)
+            }
             _ => None,
         };
         Ok(Self { tokenizer, text_encoder, unet, vae, scheduler_config, source: file.display().to_string() })

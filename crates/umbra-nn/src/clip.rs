@@ -204,13 +204,13 @@ pub struct ClipTextModel {
 impl ClipTextModel {
     /// Build from `vb`, accepting both the `text_model.`-prefixed and the flattened key form.
     pub fn new(vb: VarBuilder, cfg: &Config) -> Result<Self> {
-        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
+        let vb =
+            if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
         let emb = vb.pp("embeddings");
-        let token_embedding = Embedding::new(
-            emb.get((cfg.vocab_size, cfg.hidden_size), "token_embedding.weight")?,
-            cfg.hidden_size,
-        );
-        let position_embedding = emb.get((cfg.max_position_embeddings, cfg.hidden_size), "position_embedding.weight")?;
+        let token_embedding =
+            Embedding::new(emb.get((cfg.vocab_size, cfg.hidden_size), "token_embedding.weight")?, cfg.hidden_size);
+        let position_embedding =
+            emb.get((cfg.max_position_embeddings, cfg.hidden_size), "position_embedding.weight")?;
         if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             candle_core::bail!(
                 "CLIP config: hidden_size {} is not divisible by num_attention_heads {}",

@@ -31,7 +31,9 @@ pub enum HubError {
     Denied { repo: String, msg: String },
     #[error("{repo}: no such model repo on the Hub ({msg}); check the name (owner/name)")]
     NotFound { repo: String, msg: String },
-    #[error("{repo}: downloading {file} failed: {msg}. Check the network (or set HF_HUB_OFFLINE=1 to use the cache only)")]
+    #[error(
+        "{repo}: downloading {file} failed: {msg}. Check the network (or set HF_HUB_OFFLINE=1 to use the cache only)"
+    )]
     Download { repo: String, file: String, msg: String },
 }
 
@@ -55,7 +57,8 @@ pub fn looks_like_repo_id(s: &str) -> bool {
 }
 
 /// The components umbra loads, with their weight file stem.
-const WEIGHTED: [(&str, &str); 3] = [("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")];
+const WEIGHTED: [(&str, &str); 3] =
+    [("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")];
 
 /// The weight files of one component for one variant (`None` = fp32): the single file, else the shard
 /// index plus all shards named `stem[.variant]-XXXXX-of-YYYYY.safetensors`.
@@ -72,7 +75,12 @@ fn weight_files(files: &[String], comp: &str, stem: &str, variant: Option<&str>)
     if files.contains(&index) {
         let shard_prefix = format!("{base}-");
         let mut out = vec![index];
-        out.extend(files.iter().filter(|f| f.starts_with(&shard_prefix) && f.ends_with(".safetensors") && f.contains("-of-")).cloned());
+        out.extend(
+            files
+                .iter()
+                .filter(|f| f.starts_with(&shard_prefix) && f.ends_with(".safetensors") && f.contains("-of-"))
+                .cloned(),
+        );
         return Some(out);
     }
     None
@@ -81,7 +89,11 @@ fn weight_files(files: &[String], comp: &str, stem: &str, variant: Option<&str>)
 /// The files of a repo (its `siblings`, e.g. `unet/config.json`) that umbra fetches for a pipeline, and
 /// notes about fallbacks. Weights: `variant` (e.g. `fp16`) when given and present, else fp32; with no
 /// variant asked, fp32, else the `fp16` variant if that is all there is. Errors name what is missing.
-pub fn select_files(repo: &str, files: &[String], variant: Option<&str>) -> Result<(Vec<String>, Vec<String>), HubError> {
+pub fn select_files(
+    repo: &str,
+    files: &[String],
+    variant: Option<&str>,
+) -> Result<(Vec<String>, Vec<String>), HubError> {
     let not = |msg: String| HubError::NotAPipeline { repo: repo.to_string(), msg };
     let mut out = Vec::new();
     let mut notes = Vec::new();
@@ -94,7 +106,8 @@ pub fn select_files(repo: &str, files: &[String], variant: Option<&str>) -> Resu
     let tok: Vec<String> = files
         .iter()
         .filter(|f| {
-            f.strip_prefix("tokenizer/").is_some_and(|r| !r.contains('/') && (r.ends_with(".json") || r.ends_with(".txt")))
+            f.strip_prefix("tokenizer/")
+                .is_some_and(|r| !r.contains('/') && (r.ends_with(".json") || r.ends_with(".txt")))
         })
         .cloned()
         .collect();
@@ -140,7 +153,8 @@ pub fn select_files(repo: &str, files: &[String], variant: Option<&str>) -> Resu
 
 /// `HF_HUB_OFFLINE` as huggingface_hub reads it: `1`, `true`, `yes`, `on` (any case) mean offline.
 pub fn offline_from_env() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
 /// The HF cache root: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
@@ -208,7 +222,8 @@ pub fn fetch_pipeline(repo: &str, opts: &HubOptions) -> Result<PathBuf, HubError
 
 /// Offline resolution against cache root `cache`.
 pub fn resolve_offline(repo: &str, cache: &Path, variant: Option<&str>) -> Result<PathBuf, HubError> {
-    let off = |missing: String| HubError::Offline { repo: repo.to_string(), cache: cache.display().to_string(), missing };
+    let off =
+        |missing: String| HubError::Offline { repo: repo.to_string(), cache: cache.display().to_string(), missing };
     let snap = cached_snapshot(cache, repo).ok_or_else(|| off("the repo (no cached snapshot at refs/main)".into()))?;
     let have = list_files(&snap);
     match select_files(repo, &have, variant) {
@@ -234,9 +249,11 @@ impl hf_hub::api::Progress for Bar {
         }
         let pb = indicatif::ProgressBar::new(size as u64);
         pb.set_style(
-            indicatif::ProgressStyle::with_template("{msg:40} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{msg:40} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         pb.set_message(filename.to_string());
         self.0 = Some(pb);
@@ -262,7 +279,11 @@ fn download(repo: &str, opts: &HubOptions) -> Result<PathBuf, HubError> {
     if token.is_some() {
         builder = builder.with_token(token);
     }
-    let api = builder.build().map_err(|e| HubError::Download { repo: repo.into(), file: "(client)".into(), msg: e.to_string() })?;
+    let api = builder.build().map_err(|e| HubError::Download {
+        repo: repo.into(),
+        file: "(client)".into(),
+        msg: e.to_string(),
+    })?;
     let r = api.model(repo.to_string());
     let classify = |file: &str, e: hf_hub::api::sync::ApiError| {
         let msg = e.to_string();

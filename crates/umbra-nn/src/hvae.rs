@@ -19,8 +19,8 @@
 //! KL (lower-variance gradients, less posterior collapse of the upper levels).
 
 use crate::elbo::{
-    kl_diag_gaussian_per_dim, kl_std_normal_per_dim, log_normal_per_dim, log_std_normal_per_dim, randn, reparameterize, ElboTerms, LatentTerm,
-    LatentVariableModel, LN_2PI,
+    kl_diag_gaussian_per_dim, kl_std_normal_per_dim, log_normal_per_dim, log_std_normal_per_dim, randn, reparameterize,
+    ElboTerms, LatentTerm, LatentVariableModel, LN_2PI,
 };
 use crate::vae::{DecoderKind, DecoderOutput, Likelihood, Mlp};
 use candle_core::{Module, Result, Tensor, D};
@@ -64,7 +64,14 @@ pub struct HvaeConfig {
 impl HvaeConfig {
     /// Two levels, Burda et al. (2016)-style: z_1 = 100, z_2 = `top`, hidden 500 then 200.
     pub fn two_level(image_shape: [usize; 3], top: usize) -> Self {
-        Self { image_shape, latents: vec![100, top], hidden: vec![500, 200], decoder: DecoderKind::Bernoulli, sigma: 0.1, inference: HvaeInference::Markovian }
+        Self {
+            image_shape,
+            latents: vec![100, top],
+            hidden: vec![500, 200],
+            decoder: DecoderKind::Bernoulli,
+            sigma: 0.1,
+            inference: HvaeInference::Markovian,
+        }
     }
 
     /// `levels` levels whose sizes halve from 2·`top`·2^(levels−2) … down to `top` at the top.
@@ -73,7 +80,14 @@ impl HvaeConfig {
         let mut latents: Vec<usize> = (0..levels).map(|l| top << (levels - 1 - l)).collect();
         latents[0] = latents[0].max(100.min(top * 2));
         let hidden = (0..levels).map(|l| if l == 0 { 500 } else { 200 }).collect();
-        Self { image_shape, latents, hidden, decoder: DecoderKind::Bernoulli, sigma: 0.1, inference: HvaeInference::Markovian }
+        Self {
+            image_shape,
+            latents,
+            hidden,
+            decoder: DecoderKind::Bernoulli,
+            sigma: 0.1,
+            inference: HvaeInference::Markovian,
+        }
     }
 
     pub fn input_dim(&self) -> usize {
@@ -82,10 +96,16 @@ impl HvaeConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.latents.len() < 2 {
-            return Err(candle_core::Error::Msg(format!("a hierarchical VAE needs at least 2 latent levels, got {}; use `train vae` for one", self.latents.len())));
+            return Err(candle_core::Error::Msg(format!(
+                "a hierarchical VAE needs at least 2 latent levels, got {}; use `train vae` for one",
+                self.latents.len()
+            )));
         }
         if self.hidden.len() != self.latents.len() {
-            return Err(candle_core::Error::Msg(format!("hidden ({:?}) must have one width per latent level ({:?})", self.hidden, self.latents)));
+            return Err(candle_core::Error::Msg(format!(
+                "hidden ({:?}) must have one width per latent level ({:?})",
+                self.hidden, self.latents
+            )));
         }
         if self.latents.contains(&0) || self.hidden.contains(&0) {
             return Err(candle_core::Error::Msg(format!("latent sizes and hidden widths must be positive")));
@@ -146,7 +166,12 @@ impl Hvae {
             HvaeInference::Markovian => {
                 for i in 0..l {
                     let input = if i == 0 { d } else { config.latents[i - 1] };
-                    inference.push(GaussianNet::new(vb.pp(format!("inference.{i}")), input, config.hidden[i], config.latents[i])?);
+                    inference.push(GaussianNet::new(
+                        vb.pp(format!("inference.{i}")),
+                        input,
+                        config.hidden[i],
+                        config.latents[i],
+                    )?);
                 }
                 None
             }
@@ -154,7 +179,12 @@ impl Hvae {
                 let h = config.hidden[0];
                 for i in 0..l {
                     let input = if i + 1 == l { h } else { h + config.latents[i + 1] };
-                    inference.push(GaussianNet::new(vb.pp(format!("inference.{i}")), input, config.hidden[i], config.latents[i])?);
+                    inference.push(GaussianNet::new(
+                        vb.pp(format!("inference.{i}")),
+                        input,
+                        config.hidden[i],
+                        config.latents[i],
+                    )?);
                 }
                 Some(Mlp::new(vb.pp("bottom_up"), &[d, h, h])?)
             }

@@ -27,9 +27,17 @@ impl Conv2d {
         Ok(Self { weight, bias, stride, padding })
     }
 
-    pub fn new_no_bias(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> Result<Self> {
+    pub fn new_no_bias(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
         let bound = 1.0 / ((cin * k * k) as f64).sqrt();
-        let weight = vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+        let weight =
+            vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
         Ok(Self { weight, bias: None, stride, padding })
     }
 }

@@ -25,7 +25,8 @@ pub const EOS_TOKEN: &str = "<|endoftext|>";
 pub const MAX_LENGTH: usize = 77;
 
 /// CLIP's pre-tokenisation pattern (words, single digits, punctuation runs, English contractions).
-const CLIP_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -77,7 +78,10 @@ fn read_pad_token(dir: &Path) -> Option<(String, Option<usize>)> {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
         if let Some(p) = v.get("pad_token") {
             // Either a plain string or an AddedToken object {"content": ...}.
-            let s = p.as_str().map(str::to_string).or_else(|| p.get("content").and_then(|c| c.as_str()).map(str::to_string));
+            let s = p
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| p.get("content").and_then(|c| c.as_str()).map(str::to_string));
             if s.is_some() {
                 pad = s;
             }
@@ -158,7 +162,13 @@ impl ClipTokenizer {
 
     fn finish(inner: Tokenizer, pad_token: &str) -> Result<Self> {
         let id = |t: &str| inner.token_to_id(t).ok_or_else(|| TokenizerError::MissingToken(t.to_string()));
-        Ok(Self { bos_id: id(BOS_TOKEN)?, eos_id: id(EOS_TOKEN)?, pad_id: id(pad_token)?, max_length: MAX_LENGTH, inner })
+        Ok(Self {
+            bos_id: id(BOS_TOKEN)?,
+            eos_id: id(EOS_TOKEN)?,
+            pad_id: id(pad_token)?,
+            max_length: MAX_LENGTH,
+            inner,
+        })
     }
 
     /// Use another context length (CLIP models other than SD's may differ from 77).

@@ -48,12 +48,17 @@ impl ToyMlp {
         let time = candle_nn::linear(cfg.time_dim, h, vb.pp("time"))?;
         let class_embedding = match cfg.num_class_embeds {
             Some(k) => {
-                let w = vb.pp("class_embedding").get_with_hints((k, h), "weight", candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 })?;
+                let w = vb.pp("class_embedding").get_with_hints(
+                    (k, h),
+                    "weight",
+                    candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 },
+                )?;
                 Some(Embedding::new(w, h))
             }
             None => None,
         };
-        let blocks = (0..cfg.layers).map(|i| candle_nn::linear(h, h, vb.pp("blocks").pp(i))).collect::<Result<Vec<_>>>()?;
+        let blocks =
+            (0..cfg.layers).map(|i| candle_nn::linear(h, h, vb.pp("blocks").pp(i))).collect::<Result<Vec<_>>>()?;
         let output = candle_nn::linear(h, cfg.dim, vb.pp("output"))?;
         Ok(Self { input, time, class_embedding, blocks, output, config: cfg.clone() })
     }

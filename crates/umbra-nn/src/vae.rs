@@ -95,19 +95,30 @@ impl VaeConfig {
             return Err(candle_core::Error::Msg(format!("latent dimension must be at least 1")));
         }
         if self.hidden.is_empty() || self.hidden.contains(&0) {
-            return Err(candle_core::Error::Msg(format!("hidden widths must be non-empty and positive, got {:?}", self.hidden)));
+            return Err(candle_core::Error::Msg(format!(
+                "hidden widths must be non-empty and positive, got {:?}",
+                self.hidden
+            )));
         }
         if self.arch == Arch::Conv {
             let [_, h, w] = self.image_shape;
             if h % 4 != 0 || w % 4 != 0 {
-                return Err(candle_core::Error::Msg(format!("the conv architecture needs H and W divisible by 4, got {h}×{w}; use --arch mlp")));
+                return Err(candle_core::Error::Msg(format!(
+                    "the conv architecture needs H and W divisible by 4, got {h}×{w}; use --arch mlp"
+                )));
             }
             if self.conv_channels.len() != 2 {
-                return Err(candle_core::Error::Msg(format!("conv_channels must have 2 entries, got {:?}", self.conv_channels)));
+                return Err(candle_core::Error::Msg(format!(
+                    "conv_channels must have 2 entries, got {:?}",
+                    self.conv_channels
+                )));
             }
         }
         if self.decoder == DecoderKind::Gaussian && !self.learned_variance && self.sigma <= 0.0 {
-            return Err(candle_core::Error::Msg(format!("Gaussian decoder sigma must be positive, got {}", self.sigma)));
+            return Err(candle_core::Error::Msg(format!(
+                "Gaussian decoder sigma must be positive, got {}",
+                self.sigma
+            )));
         }
         Ok(())
     }
@@ -200,7 +211,14 @@ struct ConvDecoder {
 }
 
 impl ConvDecoder {
-    fn new(vb: VarBuilder, shape: [usize; 3], ch: &[usize], hidden: usize, z: usize, out_per_pixel: usize) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        shape: [usize; 3],
+        ch: &[usize],
+        hidden: usize,
+        z: usize,
+        out_per_pixel: usize,
+    ) -> Result<Self> {
         let [c, h, w] = shape;
         let flat = ch[1] * (h / 4) * (w / 4);
         let fc = Mlp::new(vb.pp("fc"), &[z, hidden, flat])?;
@@ -309,8 +327,21 @@ impl Vae {
                 (Net::Mlp(Mlp::new(vb.pp("encoder"), &enc)?), Net::Mlp(Mlp::new(vb.pp("decoder"), &dec)?))
             }
             Arch::Conv => (
-                Net::ConvEnc(ConvEncoder::new(vb.pp("encoder"), config.image_shape, &config.conv_channels, config.hidden[0], 2 * z)?),
-                Net::ConvDec(ConvDecoder::new(vb.pp("decoder"), config.image_shape, &config.conv_channels, config.hidden[0], z, k)?),
+                Net::ConvEnc(ConvEncoder::new(
+                    vb.pp("encoder"),
+                    config.image_shape,
+                    &config.conv_channels,
+                    config.hidden[0],
+                    2 * z,
+                )?),
+                Net::ConvDec(ConvDecoder::new(
+                    vb.pp("decoder"),
+                    config.image_shape,
+                    &config.conv_channels,
+                    config.hidden[0],
+                    z,
+                    k,
+                )?),
             ),
         };
         let likelihood = Likelihood { kind: config.decoder, sigma: config.sigma };

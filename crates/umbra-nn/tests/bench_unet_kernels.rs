@@ -11,7 +11,8 @@ fn losses(mode: KernelMode) -> Vec<f32> {
     let varmap = VarMap::new();
     let model = BenchUNet::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
     init_like_pytorch(&varmap, 3).unwrap();
-    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, weight_decay: 0.01, ..Default::default() }).unwrap();
+    let mut opt =
+        AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, weight_decay: 0.01, ..Default::default() }).unwrap();
     let b = 2;
     let x: Vec<f32> = (0..b * 1024).map(|i| ((i * 7919 % 1009) as f32 / 504.5) - 1.0).collect();
     let x = Tensor::from_vec(x, (b, 1, 32, 32), &Device::Cpu).unwrap();

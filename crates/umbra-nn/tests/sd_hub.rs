@@ -40,7 +40,13 @@ fn sd15_repo() -> Vec<String> {
 
 #[test]
 fn repo_ids_are_told_from_paths() {
-    for id in ["runwayml/stable-diffusion-v1-5", "stabilityai/stable-diffusion-2-1", "hf-internal-testing/tiny-stable-diffusion-torch", "a/b", "Org_1/model.v2"] {
+    for id in [
+        "runwayml/stable-diffusion-v1-5",
+        "stabilityai/stable-diffusion-2-1",
+        "hf-internal-testing/tiny-stable-diffusion-torch",
+        "a/b",
+        "Org_1/model.v2",
+    ] {
         assert!(hub::looks_like_repo_id(id), "{id}");
     }
     for not in [
@@ -93,7 +99,8 @@ fn variant_fp16_picks_the_fp16_files_and_falls_back_with_a_note() {
     assert!(notes.is_empty());
 
     // A repo without a vae fp16 variant: the fp32 VAE, with a note.
-    let list: Vec<String> = sd15_repo().into_iter().filter(|f| f != "vae/diffusion_pytorch_model.fp16.safetensors").collect();
+    let list: Vec<String> =
+        sd15_repo().into_iter().filter(|f| f != "vae/diffusion_pytorch_model.fp16.safetensors").collect();
     let (got, notes) = hub::select_files("o/n", &list, Some("fp16")).unwrap();
     assert!(got.contains(&"vae/diffusion_pytorch_model.safetensors".to_string()));
     assert_eq!(notes, ["vae: no fp16 variant, fetching the fp32 weights"]);
@@ -143,7 +150,8 @@ fn non_pipelines_are_refused_with_the_reason() {
     let err = |list: Vec<String>| hub::select_files("o/n", &list, None).unwrap_err().to_string();
     let e = err(files(&["config.json", "model.safetensors"]));
     assert!(e.contains("not a diffusers Stable Diffusion pipeline") && e.contains("model_index.json"), "{e}");
-    let bin_only: Vec<String> = sd15_repo().into_iter().filter(|f| !(f.starts_with("unet/") && f.ends_with(".safetensors"))).collect();
+    let bin_only: Vec<String> =
+        sd15_repo().into_iter().filter(|f| !(f.starts_with("unet/") && f.ends_with(".safetensors"))).collect();
     let e = err(bin_only);
     assert!(e.contains("unet/ has no diffusion_pytorch_model.safetensors") && e.contains(".bin"), "{e}");
     let no_tok: Vec<String> = sd15_repo().into_iter().filter(|f| !f.starts_with("tokenizer/")).collect();
@@ -187,7 +195,11 @@ fn without_the_feature_the_error_says_how_to_get_the_folder() {
     // Not offline: goes to the (compiled-out) downloader.
     let opts = hub::HubOptions { offline: false, ..Default::default() };
     if hub::offline_from_env() {
-        eprintln!("SKIPPED: HF_HUB_OFFLINE is set in this environment");
+        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED: HF_HUB_OFFLINE is set in this environment\n"),
+        );
         return;
     }
     let e = hub::fetch_pipeline("owner/some-model", &opts).unwrap_err().to_string();

@@ -16,7 +16,11 @@ fn reference_dir() -> Option<PathBuf> {
     if p.join("reference.safetensors").is_file() {
         Some(p)
     } else {
-        eprintln!("SKIPPED: ../shared/reference/tiny-sd-v1 not found");
+        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED: ../shared/reference/tiny-sd-v1 not found\n"),
+        );
         None
     }
 }
@@ -44,7 +48,9 @@ fn unet_matches_diffusers_batched_call() {
     let r = reference(&dir);
     let unet = load_unet(&dir);
     assert_eq!(unet.config, Config::tiny(), "the reference config.json parses to Config::tiny()");
-    let out = unet.forward(&r["unet.in.sample"], &r["unet.in.timestep"], Some(&r["unet.in.encoder_hidden_states"]), None).unwrap();
+    let out = unet
+        .forward(&r["unet.in.sample"], &r["unet.in.timestep"], Some(&r["unet.in.encoder_hidden_states"]), None)
+        .unwrap();
     let d = max_abs_diff(&out, &r["unet.out"]);
     eprintln!("unet.out max abs diff vs diffusers: {d:.3e}");
     assert!(d <= TOL, "UNet max abs diff {d} > {TOL}");
@@ -62,7 +68,10 @@ fn unet_matches_diffusers_pipeline_steps() {
         let t = &r[&format!("pipe.step{step}.t")];
         let out = unet.forward(&r[&format!("pipe.step{step}.unet_in")], t, Some(&ehs), None).unwrap();
         let d = max_abs_diff(&out, &r[&format!("pipe.step{step}.unet_out")]);
-        eprintln!("pipe.step{step}.unet_out (t = {}) max abs diff vs diffusers: {d:.3e}", t.to_vec1::<i64>().unwrap()[0]);
+        eprintln!(
+            "pipe.step{step}.unet_out (t = {}) max abs diff vs diffusers: {d:.3e}",
+            t.to_vec1::<i64>().unwrap()[0]
+        );
         assert!(d <= TOL, "UNet step-{step} max abs diff {d} > {TOL}");
     }
     // a rank-0 timestep gives the same result as a [1] one
@@ -112,18 +121,28 @@ fn key_check_lists_unexpected_missing_and_mis_shaped_keys() {
     let good: Config = weights::read_config(&dir.join("pipeline/unet/config.json")).unwrap();
     // one resnet fewer per block: the file has keys the model does not ask for
     let fewer = Config { layers_per_block: 1, ..good.clone() };
-    let err = weights::load_checked(&files, &Device::Cpu, DType::F32, "UNet", |vb| UNet2DConditionModel::new(vb, &fewer)).unwrap_err();
+    let err =
+        weights::load_checked(&files, &Device::Cpu, DType::F32, "UNet", |vb| UNet2DConditionModel::new(vb, &fewer))
+            .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, LoadError::Mismatch { .. }), "{msg}");
     assert!(msg.contains("96 unexpected keys") && msg.contains("down_blocks.0.attentions.1.norm.bias"), "{msg}");
     assert!(msg.contains("... and"), "long lists are truncated: {msg}");
     // a different text-embedding width: cross-attention to_k/to_v have the wrong shape
     let wide = Config { cross_attention_dim: PerBlock::All(48), ..good.clone() };
-    let msg = weights::load_checked(&files, &Device::Cpu, DType::F32, "UNet", |vb| UNet2DConditionModel::new(vb, &wide)).unwrap_err().to_string();
-    assert!(msg.contains("shape mismatches") && msg.contains("attn2.to_k.weight: file [32, 32], model [32, 48]"), "{msg}");
+    let msg =
+        weights::load_checked(&files, &Device::Cpu, DType::F32, "UNet", |vb| UNet2DConditionModel::new(vb, &wide))
+            .unwrap_err()
+            .to_string();
+    assert!(
+        msg.contains("shape mismatches") && msg.contains("attn2.to_k.weight: file [32, 32], model [32, 48]"),
+        "{msg}"
+    );
     // a class-conditional config asks for a key the file lacks
     let cls = Config { num_class_embeds: Some(10), ..good };
-    let msg = weights::load_checked(&files, &Device::Cpu, DType::F32, "UNet", |vb| UNet2DConditionModel::new(vb, &cls)).unwrap_err().to_string();
+    let msg = weights::load_checked(&files, &Device::Cpu, DType::F32, "UNet", |vb| UNet2DConditionModel::new(vb, &cls))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("1 missing keys") && msg.contains("class_embedding.weight [10, 128]"), "{msg}");
     // a .bin-only or empty folder is a clear error
     let tmp = std::env::temp_dir().join(format!("umbra_unet_bin_{}", std::process::id()));
@@ -163,7 +182,10 @@ fn configs_parse_diffusers_json_and_reject_unsupported_values() {
     // num_attention_heads takes precedence over attention_head_dim, as in diffusers
     let c: Config = serde_json::from_str(r#"{"attention_head_dim":8,"num_attention_heads":[4,4,8,8]}"#).unwrap();
     assert_eq!(c.resolve().unwrap().heads, vec![4, 4, 8, 8]);
-    let bad: Config = serde_json::from_str(r#"{"down_block_types":["SimpleCrossAttnDownBlock2D","DownBlock2D","DownBlock2D","DownBlock2D"]}"#).unwrap();
+    let bad: Config = serde_json::from_str(
+        r#"{"down_block_types":["SimpleCrossAttnDownBlock2D","DownBlock2D","DownBlock2D","DownBlock2D"]}"#,
+    )
+    .unwrap();
     assert!(bad.validate().unwrap_err().contains("`down_block_types`"));
     let bad: Config = serde_json::from_str(r#"{"class_embed_type":"timestep"}"#).unwrap();
     assert!(bad.validate().unwrap_err().contains("`class_embed_type`"));
@@ -184,7 +206,17 @@ fn tiny_cfg(unconditional: bool) -> Config {
     let mut c = if unconditional {
         Config::unconditional(1, boc, down, up, 2, 8)
     } else {
-        Config { block_out_channels: boc, down_block_types: down, up_block_types: up, norm_num_groups: 8, attention_head_dim: Some(PerBlock::All(2)), cross_attention_dim: PerBlock::All(12), in_channels: 3, out_channels: 3, ..Config::default() }
+        Config {
+            block_out_channels: boc,
+            down_block_types: down,
+            up_block_types: up,
+            norm_num_groups: 8,
+            attention_head_dim: Some(PerBlock::All(2)),
+            cross_attention_dim: PerBlock::All(12),
+            in_channels: 3,
+            out_channels: 3,
+            ..Config::default()
+        }
     };
     c.layers_per_block = 1;
     c.num_class_embeds = Some(3);
@@ -256,7 +288,10 @@ fn unconditional_call_on_text_config_is_a_clear_error_and_odd_sizes_work() {
     let l = Tensor::new(&[1u32], &dev).unwrap();
     let err = unet.forward(&x, &t, None, Some(&l)).unwrap_err().to_string();
     assert!(err.contains("cross_attention_dim"), "{err}");
-    let err = unet.forward(&x, &t, Some(&Tensor::zeros((1, 4, 12), DType::F32, &dev).unwrap()), None).unwrap_err().to_string();
+    let err = unet
+        .forward(&x, &t, Some(&Tensor::zeros((1, 4, 12), DType::F32, &dev).unwrap()), None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("class_labels"), "{err}");
     // 7x9 is not a multiple of the x2 down/up factor: the upsampler resizes to the skip's size
     let x = Tensor::randn(0f32, 1., (1, 3, 7, 9), &dev).unwrap();
@@ -270,7 +305,8 @@ fn unconditional_call_on_text_config_is_a_clear_error_and_odd_sizes_work() {
 fn timestep_embedding_matches_closed_form() {
     // diffusers get_timestep_embedding(t=[3], dim=4, flip_sin_to_cos=True, shift=0): freqs [1, 1e-2]
     let t = Tensor::new(&[3i64], &Device::Cpu).unwrap();
-    let e = umbra_nn::unet::embeddings::timestep_embedding(&t, 4, true, 0.0, 10000.0).unwrap().to_vec2::<f32>().unwrap();
+    let e =
+        umbra_nn::unet::embeddings::timestep_embedding(&t, 4, true, 0.0, 10000.0).unwrap().to_vec2::<f32>().unwrap();
     let want = [3f32.cos(), 0.03f32.cos(), 3f32.sin(), 0.03f32.sin()];
     for (a, b) in e[0].iter().zip(want) {
         assert!((a - b).abs() < 1e-6, "{e:?} vs {want:?}");
@@ -286,7 +322,17 @@ fn diagonal_gaussian_sample_has_the_right_moments_and_kl() {
     let q = DiagonalGaussianDistribution::new(&Tensor::cat(&[&mean, &logvar], 1).unwrap()).unwrap();
     let s = q.sample(3).unwrap();
     let m = s.mean_all().unwrap().to_scalar::<f32>().unwrap();
-    let sd = s.broadcast_sub(&s.mean_all().unwrap()).unwrap().sqr().unwrap().mean_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+    let sd = s
+        .broadcast_sub(&s.mean_all().unwrap())
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!((m - 1.5).abs() < 0.01 && (sd - 0.5).abs() < 0.01, "mean {m}, std {sd}");
     // KL(N(1.5, 0.25) || N(0, 1)) per element = ½(2.25 + 0.25 − 1 − ln 0.25)
     let kl = q.kl().unwrap().to_vec1::<f32>().unwrap()[0] / n as f32;
@@ -306,7 +352,9 @@ fn half_precision_unet_stays_close_to_f32() {
     let r = reference(&dir);
     let unet = UNet2DConditionModel::from_diffusers_dir(dir.join("pipeline/unet"), &Device::Cpu, DType::F16).unwrap();
     let h = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
-    let out = unet.forward(&h(&r["unet.in.sample"]), &r["unet.in.timestep"], Some(&h(&r["unet.in.encoder_hidden_states"])), None).unwrap();
+    let out = unet
+        .forward(&h(&r["unet.in.sample"]), &r["unet.in.timestep"], Some(&h(&r["unet.in.encoder_hidden_states"])), None)
+        .unwrap();
     assert_eq!(out.dtype(), DType::F16);
     let d = max_abs_diff(&out.to_dtype(DType::F32).unwrap(), &r["unet.out"]);
     eprintln!("f16 UNet max abs diff vs diffusers f32: {d:.3e}");
@@ -327,7 +375,9 @@ fn half_precision_vae_stays_close_to_f32() {
     let d = max_abs_diff(&out, &r["vae.decode.out"]);
     let scale = r["vae.decode.out"].abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     let mean_d = (&out - &r["vae.decode.out"]).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-    eprintln!("f16 VAE decode vs diffusers f32: max abs diff {d:.3e}, mean abs diff {mean_d:.3e}, output max |x| {scale:.3}");
+    eprintln!(
+        "f16 VAE decode vs diffusers f32: max abs diff {d:.3e}, mean abs diff {mean_d:.3e}, output max |x| {scale:.3}"
+    );
     assert!(d < 2e-2 && mean_d < 2e-3, "f16 VAE diff {d} (mean {mean_d}) at output scale {scale}");
 }
 
@@ -351,12 +401,20 @@ fn every_vae_parameter_gets_a_gradient() {
     let xr = vae.decode(&q.sample(5).unwrap()).unwrap();
     assert_eq!(xr.dims(), x.dims());
     // negative ELBO with a unit-variance Gaussian decoder (up to constants): ½‖x − x̂‖² + KL
-    let loss = ((&xr - &x).unwrap().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap().add(&q.kl().unwrap().sum_all().unwrap()).unwrap();
+    let loss = ((&xr - &x).unwrap().sqr().unwrap().sum_all().unwrap() * 0.5)
+        .unwrap()
+        .add(&q.kl().unwrap().sum_all().unwrap())
+        .unwrap();
     let grads = loss.backward().unwrap();
     let data = varmap.data().lock().unwrap();
     let dead: Vec<&String> = data
         .iter()
-        .filter(|(_, v)| grads.get(v.as_tensor()).map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0).unwrap_or(true))
+        .filter(|(_, v)| {
+            grads
+                .get(v.as_tensor())
+                .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0)
+                .unwrap_or(true)
+        })
         .map(|(k, _)| k)
         .collect();
     assert!(data.len() > 30 && dead.is_empty(), "VAE parameters without gradient: {dead:?}");

@@ -21,7 +21,8 @@ fn to_legacy(k: &str) -> String {
     if !k.contains(".mid_block.attentions.") {
         return k.to_string();
     }
-    for (new, old) in [(".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")] {
+    for (new, old) in [(".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")]
+    {
         if k.contains(new) {
             return k.replace(new, old);
         }
@@ -35,12 +36,18 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn legacy_vae_attention_names_load_everywhere() {
-    let cfg = Config { block_out_channels: vec![32, 32], down_block_types: vec!["DownEncoderBlock2D".into(); 2], up_block_types: vec!["UpDecoderBlock2D".into(); 2], ..Config::tiny() };
+    let cfg = Config {
+        block_out_channels: vec![32, 32],
+        down_block_types: vec!["DownEncoderBlock2D".into(); 2],
+        up_block_types: vec!["UpDecoderBlock2D".into(); 2],
+        ..Config::tiny()
+    };
     let vm = VarMap::new();
     AutoencoderKL::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg).unwrap();
     let mut current = HashMap::new();
     for (i, (k, v)) in vm.data().lock().unwrap().iter().enumerate() {
-        let t = (v.as_tensor() + (seeded_randn(v.dims(), 100 + i as u64, &Device::Cpu).unwrap() * 0.05).unwrap()).unwrap();
+        let t =
+            (v.as_tensor() + (seeded_randn(v.dims(), 100 + i as u64, &Device::Cpu).unwrap() * 0.05).unwrap()).unwrap();
         current.insert(k.clone(), t);
     }
     let legacy: HashMap<String, Tensor> = current.iter().map(|(k, v)| (to_legacy(k), v.clone())).collect();

@@ -29,7 +29,9 @@ fn seed_vars(vm: &VarMap, seed: u64) {
 
 fn binary_batch(b: usize, d: usize, seed: u64) -> Tensor {
     let mut rng = StdRng::seed_from_u64(seed);
-    let v: Vec<f32> = (0..b * d).map(|i| if rng.random::<f32>() < 0.2 + 0.6 * ((i % d) as f32 / d as f32) { 1.0 } else { 0.0 }).collect();
+    let v: Vec<f32> = (0..b * d)
+        .map(|i| if rng.random::<f32>() < 0.2 + 0.6 * ((i % d) as f32 / d as f32) { 1.0 } else { 0.0 })
+        .collect();
     Tensor::from_vec(v, (b, d), &Device::Cpu).unwrap()
 }
 
@@ -83,10 +85,17 @@ fn analytic_kl_matches_monte_carlo() {
     let s = reparameterize(&mub, &lvb, &eps).unwrap();
     let lq = log_normal_per_dim(&s, &mub, &lvb).unwrap().sum(1).unwrap();
     for (name, lp, analytic) in [
-        ("std normal", log_std_normal_per_dim(&s).unwrap().sum(1).unwrap(), kl_std_normal_per_dim(&mu, &logvar).unwrap()),
+        (
+            "std normal",
+            log_std_normal_per_dim(&s).unwrap().sum(1).unwrap(),
+            kl_std_normal_per_dim(&mu, &logvar).unwrap(),
+        ),
         (
             "diag gaussian",
-            log_normal_per_dim(&s, &mu_p.broadcast_as((n, z)).unwrap(), &logvar_p.broadcast_as((n, z)).unwrap()).unwrap().sum(1).unwrap(),
+            log_normal_per_dim(&s, &mu_p.broadcast_as((n, z)).unwrap(), &logvar_p.broadcast_as((n, z)).unwrap())
+                .unwrap()
+                .sum(1)
+                .unwrap(),
             kl_diag_gaussian_per_dim(&mu, &logvar, &mu_p, &logvar_p).unwrap(),
         ),
     ] {
@@ -121,13 +130,19 @@ fn check_iw_bound<M: LatentVariableModel>(m: &M, label: &str) {
         eprintln!("{label}: ELBO {elbo:.3} ± {elbo_se:.3}, IW_{k} {iw:.3} ± {se:.3}");
         assert!(elbo <= iw + 3.0 * (se + elbo_se), "{label}: ELBO {elbo} > IW_{k} {iw}");
         if k == 1 {
-            assert!((elbo - iw).abs() < 4.0 * (se + elbo_se), "{label}: IW_1 {iw} should equal ELBO {elbo} in expectation");
+            assert!(
+                (elbo - iw).abs() < 4.0 * (se + elbo_se),
+                "{label}: IW_1 {iw} should equal ELBO {elbo} in expectation"
+            );
         } else {
             assert!(iw > prev - 3.0 * se, "{label}: IW_{k} {iw} < previous {prev}");
         }
         prev = iw;
     }
-    assert!(prev > elbo + 0.05, "{label}: IW_64 {prev} should be strictly above the ELBO {elbo} for an untrained model");
+    assert!(
+        prev > elbo + 0.05,
+        "{label}: IW_64 {prev} should be strictly above the ELBO {elbo} for an untrained model"
+    );
 }
 
 #[test]

@@ -78,7 +78,13 @@ impl<M: Denoiser, G: Fn(&Tensor, &Timestep) -> Result<Tensor>> Denoiser for Clas
 }
 
 /// Convert a guided prediction between parameterizations (re-exported convenience).
-pub fn convert_prediction(pred: &Tensor, from: Parameterization, to: Parameterization, x_t: &Tensor, t: &Timestep) -> Result<Tensor> {
+pub fn convert_prediction(
+    pred: &Tensor,
+    from: Parameterization,
+    to: Parameterization,
+    x_t: &Tensor,
+    t: &Timestep,
+) -> Result<Tensor> {
     Ok(convert(pred, from, to, x_t, &Coef::Scalar(t.alpha_bar))?)
 }
 

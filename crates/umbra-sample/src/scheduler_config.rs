@@ -113,10 +113,8 @@ impl SchedulerConfig {
 
     /// Parse the JSON text of a `scheduler_config.json`.
     pub fn from_json_str(s: &str) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(s).map_err(|e| SampleError::Config {
-            path: "<json>".into(),
-            msg: e.to_string(),
-        })?;
+        let cfg: Self =
+            serde_json::from_str(s).map_err(|e| SampleError::Config { path: "<json>".into(), msg: e.to_string() })?;
         cfg.validate()?;
         Ok(cfg)
     }

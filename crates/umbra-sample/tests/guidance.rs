@@ -50,7 +50,11 @@ fn cfg_in_v_space_equals_cfg_in_epsilon_space() {
     let x = noise(2);
     let t = Timestep { t: 300.0, alpha_bar: 0.6 };
     let mk = |m: f64, p| AnalyticGaussian::new(vec![m], vec![0.7], p);
-    let ge = ClassifierFreeGuidance::with_scale(mk(1.0, Parameterization::Epsilon), mk(-0.5, Parameterization::Epsilon), 4.0);
+    let ge = ClassifierFreeGuidance::with_scale(
+        mk(1.0, Parameterization::Epsilon),
+        mk(-0.5, Parameterization::Epsilon),
+        4.0,
+    );
     let gv = ClassifierFreeGuidance::with_scale(mk(1.0, Parameterization::V), mk(-0.5, Parameterization::V), 4.0);
     let a = ge.predict_as(&x, &t, Parameterization::Epsilon).unwrap();
     let b = gv.predict_as(&x, &t, Parameterization::Epsilon).unwrap();

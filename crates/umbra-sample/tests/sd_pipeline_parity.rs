@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use umbra_nn::checkpoint::{LoadOptions, StableDiffusion};
-use umbra_sample::pipelines::{self, png_text, GenerationParams};
 use umbra_sample::pipelines::inpaint::latent_mask;
+use umbra_sample::pipelines::{self, png_text, GenerationParams};
 use umbra_sample::{SchedulerConfig, SolverKind};
 
 fn reference_dir() -> Option<PathBuf> {
@@ -14,7 +14,11 @@ fn reference_dir() -> Option<PathBuf> {
     if p.join("reference.safetensors").is_file() {
         Some(p)
     } else {
-        eprintln!("SKIPPED: ../shared/reference/tiny-sd-v1 not found");
+        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED: ../shared/reference/tiny-sd-v1 not found\n"),
+        );
         None
     }
 }
@@ -67,7 +71,10 @@ fn check_pipeline(sd: &StableDiffusion, dir: &Path, what: &str) {
             max_abs(&g.unet_calls[i].unet_out, &r[&format!("pipe.step{i}.unet_out")]),
             max_abs(&g.latents_after[i], &r[&format!("pipe.step{i}.latents_after")]),
         ];
-        eprintln!("{what}: step {i} (t = {}): unet_in {:.2e}, unet_out {:.2e}, latents_after {:.2e}", t[0], d[0], d[1], d[2]);
+        eprintln!(
+            "{what}: step {i} (t = {}): unet_in {:.2e}, unet_out {:.2e}, latents_after {:.2e}",
+            t[0], d[0], d[1], d[2]
+        );
         for k in 0..3 {
             assert!(d[k] <= 1e-4, "{what}: step {i} differs by {}", d[k]);
             worst[k] = worst[k].max(d[k]);
@@ -136,7 +143,9 @@ fn guidance_and_negative_prompt_change_the_unet_batch_and_the_image() {
     // Guidance 1 equals the conditional half of the guided run's first UNet call.
     let d = max_abs(&plain.unet_calls[0].unet_out, &guided.unet_calls[0].unet_out.i(1..2).unwrap());
     assert!(d <= 1e-5, "{d}");
-    let neg = pipelines::txt2img(&sd, &sched, &GenerationParams { negative_prompt: "blurry, dark".into(), ..base.clone() }).unwrap();
+    let neg =
+        pipelines::txt2img(&sd, &sched, &GenerationParams { negative_prompt: "blurry, dark".into(), ..base.clone() })
+            .unwrap();
     let dn = max_abs(&neg.images, &guided.images);
     eprintln!("negative prompt changes the image by max {dn:.3e}");
     assert!(dn > 1e-4);
@@ -155,12 +164,19 @@ fn img2img_strength_picks_the_last_steps() {
     // Strength 0.25 runs only the last step (t = 1): the latents stay next to the image's; strength 1
     // starts from pure noise and ends far away.
     let lat = pipelines::encode_image(&sd.vae, image, p.seed).unwrap();
-    let dist = |g: &pipelines::Generation| (&g.latents - &lat).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    let dist = |g: &pipelines::Generation| {
+        (&g.latents - &lat).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()
+    };
     let low = pipelines::img2img(&sd, &sched, &p, image, 0.25).unwrap();
     assert_eq!(low.unet_calls.len(), 1);
     let full = pipelines::img2img(&sd, &sched, &p, image, 1.0).unwrap();
     assert_eq!(full.unet_calls.len(), 4);
-    eprintln!("img2img latent mse to the image's latents: strength 0.25 {:.4}, 0.5 {:.4}, 1 {:.4}", dist(&low), dist(&g), dist(&full));
+    eprintln!(
+        "img2img latent mse to the image's latents: strength 0.25 {:.4}, 0.5 {:.4}, 1 {:.4}",
+        dist(&low),
+        dist(&g),
+        dist(&full)
+    );
     assert!(dist(&low) < dist(&g) && dist(&g) < dist(&full));
 }
 
@@ -181,7 +197,14 @@ fn inpaint_keeps_the_unmasked_region_and_an_all_ones_mask_is_txt2img() {
     let t = pipelines::txt2img(&sd, &sched, &p).unwrap();
     assert!(max_abs(&g.latents, &t.latents) <= 1e-6);
     // A half mask: latents of the kept half equal the image latents exactly.
-    let left = Tensor::cat(&[&Tensor::ones((1, 1, 64, 32), DType::F32, &Device::Cpu).unwrap(), &Tensor::zeros((1, 1, 64, 32), DType::F32, &Device::Cpu).unwrap()], 3).unwrap();
+    let left = Tensor::cat(
+        &[
+            &Tensor::ones((1, 1, 64, 32), DType::F32, &Device::Cpu).unwrap(),
+            &Tensor::zeros((1, 1, 64, 32), DType::F32, &Device::Cpu).unwrap(),
+        ],
+        3,
+    )
+    .unwrap();
     let g = pipelines::inpaint(&sd, &sched, &p, image, &left, 1.0).unwrap();
     let (_, small) = latent_mask(&left, 1, 8).unwrap();
     assert_eq!(small.dims(), &[1, 1, 8, 8]);
@@ -197,7 +220,11 @@ fn png_text_chunks_round_trip() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("x.png");
     let rgb: Vec<u8> = (0..4 * 3 * 3).map(|i| (i * 7) as u8).collect();
-    let text = vec![("prompt".to_string(), "a photo of a cat".to_string()), ("negative_prompt".to_string(), "café 日本".to_string()), ("seed".to_string(), "42".to_string())];
+    let text = vec![
+        ("prompt".to_string(), "a photo of a cat".to_string()),
+        ("negative_prompt".to_string(), "café 日本".to_string()),
+        ("seed".to_string(), "42".to_string()),
+    ];
     png_text::write_png_with_text(&path, 4, 3, &rgb, &text).unwrap();
     let back = png_text::read_png_text(&path).unwrap();
     for kv in &text {
@@ -245,7 +272,14 @@ fn nine_channel_inpainting_unet_sees_mask_and_masked_image_latents() {
     let vb = umbra_nn::unet::weights::random_varbuilder(7, DType::F32, &Device::Cpu);
     sd.unet = umbra_nn::unet::UNet2DConditionModel::new(vb, &cfg).unwrap();
     let image = &r["vae.encode.in"];
-    let left = Tensor::cat(&[&Tensor::ones((1, 1, 64, 32), DType::F32, &Device::Cpu).unwrap(), &Tensor::zeros((1, 1, 64, 32), DType::F32, &Device::Cpu).unwrap()], 3).unwrap();
+    let left = Tensor::cat(
+        &[
+            &Tensor::ones((1, 1, 64, 32), DType::F32, &Device::Cpu).unwrap(),
+            &Tensor::zeros((1, 1, 64, 32), DType::F32, &Device::Cpu).unwrap(),
+        ],
+        3,
+    )
+    .unwrap();
     let p = GenerationParams { trace: true, steps: 3, ..small_params() };
     let g = pipelines::inpaint(&sd, &sched, &p, image, &left, 1.0).unwrap();
     assert_eq!(g.unet_calls.len(), 3);

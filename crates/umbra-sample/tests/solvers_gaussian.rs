@@ -45,12 +45,19 @@ fn check(kind: SolverKind, p: Parameterization, steps: usize, cfg: &SchedulerCon
     check_solver(solver.as_ref(), kind, p, steps)
 }
 
-fn check_solver(solver: &dyn umbra_sample::Solver, kind: SolverKind, p: Parameterization, steps: usize) -> (Vec<f64>, Vec<f64>) {
+fn check_solver(
+    solver: &dyn umbra_sample::Solver,
+    kind: SolverKind,
+    p: Parameterization,
+    steps: usize,
+) -> (Vec<f64>, Vec<f64>) {
     let model = AnalyticGaussian::new(MEAN.to_vec(), STD.to_vec(), p);
     let x = sample_from(solver, &model, &data(2), &noise(1), steps, 1.0, 7, false).unwrap();
     let (m, s) = column_mean_std(&x).unwrap();
     eprintln!("{kind:>15} {p:>12} steps={steps:>3}: mean {:.3} {:.3}  std {:.3} {:.3}", m[0], m[1], s[0], s[1]);
-    if std::env::var("UMBRA_NO_ASSERT").is_ok() { return (m, s); }
+    if std::env::var("UMBRA_NO_ASSERT").is_ok() {
+        return (m, s);
+    }
     let std_tol = if kind.is_stochastic() { 0.10 } else { 0.05 };
     for d in 0..2 {
         assert!((m[d] - MEAN[d]).abs() < 0.05, "{kind} {p} steps={steps}: mean[{d}] = {} want {}", m[d], MEAN[d]);

@@ -77,10 +77,7 @@ impl Checkpoint {
 
     /// The tensors whose names start with `prefix`, with the prefix removed.
     pub fn with_prefix(&self, prefix: &str) -> BTreeMap<String, Tensor> {
-        self.tensors
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone())))
-            .collect()
+        self.tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone()))).collect()
     }
 
     /// Serialise to safetensors bytes (all tensors stored as f32).
@@ -103,7 +100,8 @@ impl Checkpoint {
             .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
             .map_err(|e| TrainError::Corrupt(format!("cannot build safetensors view: {e}")))?;
-        safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::Corrupt(format!("cannot serialise checkpoint: {e}")))
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| TrainError::Corrupt(format!("cannot serialise checkpoint: {e}")))
     }
 
     /// Write to a file atomically.
@@ -124,14 +122,22 @@ impl Checkpoint {
     /// Parse safetensors bytes, checking format tag and checksum.
     pub fn from_bytes(bytes: &[u8], device: &Device, what: &str) -> Result<Self, TrainError> {
         let corrupt = |msg: String| {
-            TrainError::Corrupt(format!("{what}: {msg}; the file is truncated or damaged — use another checkpoint or retrain"))
+            TrainError::Corrupt(format!(
+                "{what}: {msg}; the file is truncated or damaged — use another checkpoint or retrain"
+            ))
         };
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| corrupt(format!("not a valid safetensors file ({e})")))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| corrupt(format!("unreadable header ({e})")))?;
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| corrupt(format!("not a valid safetensors file ({e})")))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| corrupt(format!("unreadable header ({e})")))?;
         let meta = meta.metadata().clone().unwrap_or_default();
         match meta.get("umbra.format") {
             Some(f) if f == FORMAT => {}
-            Some(f) => return Err(TrainError::Mismatch(format!("{what}: checkpoint format `{f}`, this umbra reads `{FORMAT}`"))),
+            Some(f) => {
+                return Err(TrainError::Mismatch(format!(
+                    "{what}: checkpoint format `{f}`, this umbra reads `{FORMAT}`"
+                )))
+            }
             None => {
                 return Err(TrainError::Mismatch(format!(
                     "{what}: a safetensors file but not an umbra checkpoint (no `umbra.format` metadata)"
@@ -155,7 +161,8 @@ impl Checkpoint {
         }
         let mut tensors = BTreeMap::new();
         for (n, v) in names.iter().zip(&views) {
-            let data: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let data: Vec<f32> =
+                v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             tensors.insert(n.clone(), Tensor::from_vec(data, v.shape(), device)?);
         }
         let parse = |key: &str| -> Result<serde_json::Value, TrainError> {
@@ -199,8 +206,9 @@ impl Checkpoint {
 
     /// The config deserialised into `T`, with a clear error when it does not fit.
     pub fn config_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, TrainError> {
-        serde_json::from_value(self.config.clone())
-            .map_err(|e| TrainError::Mismatch(format!("checkpoint config does not describe a `{}` model: {e}", self.kind)))
+        serde_json::from_value(self.config.clone()).map_err(|e| {
+            TrainError::Mismatch(format!("checkpoint config does not describe a `{}` model: {e}", self.kind))
+        })
     }
 }
 

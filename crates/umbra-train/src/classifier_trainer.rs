@@ -91,7 +91,13 @@ impl TrainedClassifier {
     /// from a sampler whose schedule may differ).
     pub fn t_for_alpha_bar(&self, alpha_bar: f64) -> f64 {
         let n = self.schedule.num_steps();
-        (0..n).min_by(|&a, &b| (self.schedule.alpha_bar(a) - alpha_bar).abs().total_cmp(&(self.schedule.alpha_bar(b) - alpha_bar).abs())).unwrap_or(0) as f64
+        (0..n)
+            .min_by(|&a, &b| {
+                (self.schedule.alpha_bar(a) - alpha_bar)
+                    .abs()
+                    .total_cmp(&(self.schedule.alpha_bar(b) - alpha_bar).abs())
+            })
+            .unwrap_or(0) as f64
     }
 
     fn t_tensor(&self, b: usize, t: f64, dev: &Device) -> Result<Option<Tensor>, TrainError> {
@@ -143,7 +149,8 @@ impl TrainedClassifier {
         let tn = self.schedule.num_steps();
         let ts: Vec<usize> = (0..b).map(|_| rng.random_range(0..tn)).collect();
         let ab: Vec<f32> = ts.iter().map(|&i| self.schedule.alpha_bar(i) as f32).collect();
-        let ab = Coef::per_example(&Tensor::from_vec(ab, b, dev)?, x0).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let ab =
+            Coef::per_example(&Tensor::from_vec(ab, b, dev)?, x0).map_err(|e| TrainError::Invalid(e.to_string()))?;
         let eps = randn_like(x0, &mut rng).map_err(|e| TrainError::Invalid(e.to_string()))?;
         let x_t = umbra_core::diffusion::q_sample(x0, &eps, &ab).map_err(|e| TrainError::Invalid(e.to_string()))?;
         let t = Tensor::from_vec(ts.iter().map(|&i| i as f32).collect::<Vec<_>>(), b, dev)?;

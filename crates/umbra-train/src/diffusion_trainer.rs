@@ -44,8 +44,14 @@ pub enum NetConfig {
 
 /// The noise schedule by CLI name: `linear` (1e-4..0.02), `scaled-linear` (SD: 0.00085..0.012), `cosine`.
 /// `clip`: clamp x̂_0 to ±range in DDPM/DDIM/Langevin (1 for images in [−1, 1]; the data's extent for toys).
-pub fn scheduler_config(schedule: &str, timesteps: usize, param: Parameterization, clip: Option<f64>) -> Result<SchedulerConfig, TrainError> {
-    let mut c = SchedulerConfig { num_train_timesteps: timesteps, prediction_type: param, ..SchedulerConfig::default() };
+pub fn scheduler_config(
+    schedule: &str,
+    timesteps: usize,
+    param: Parameterization,
+    clip: Option<f64>,
+) -> Result<SchedulerConfig, TrainError> {
+    let mut c =
+        SchedulerConfig { num_train_timesteps: timesteps, prediction_type: param, ..SchedulerConfig::default() };
     match schedule.to_ascii_lowercase().replace('_', "-").as_str() {
         "linear" => {}
         "scaled-linear" => {
@@ -189,10 +195,17 @@ impl Net {
 }
 
 /// One batch of training data: x_0 (images in [−1, 1], padded to `image_size`) and labels.
-pub fn data_batch(data: &Dataset, idx: &[usize], cfg: &DiffusionConfig, dev: &Device) -> Result<(Tensor, Tensor), TrainError> {
+pub fn data_batch(
+    data: &Dataset,
+    idx: &[usize],
+    cfg: &DiffusionConfig,
+    dev: &Device,
+) -> Result<(Tensor, Tensor), TrainError> {
     let labels = data.batch_labels(idx, dev).map_err(|e| TrainError::Invalid(e.to_string()))?;
     let x = match (data.kind, cfg.image_size) {
-        (DataKind::Points2d, _) | (_, None) => data.batch_flat(idx, dev).map_err(|e| TrainError::Invalid(e.to_string()))?,
+        (DataKind::Points2d, _) | (_, None) => {
+            data.batch_flat(idx, dev).map_err(|e| TrainError::Invalid(e.to_string()))?
+        }
         (DataKind::Images, Some(s)) => {
             let x = data.batch(idx, dev).map_err(|e| TrainError::Invalid(e.to_string()))?;
             let x = x.affine(2.0, -1.0)?;
@@ -265,7 +278,11 @@ impl DiffusionTrainer {
         }
         let mut t = Self::new(cfg, device)?;
         load_varmap(&t.varmap, &ck.with_prefix("model."))?;
-        let step = ck.state.get("step").and_then(|s| s.as_u64()).ok_or_else(|| TrainError::Corrupt("state has no `step`".into()))?;
+        let step = ck
+            .state
+            .get("step")
+            .and_then(|s| s.as_u64())
+            .ok_or_else(|| TrainError::Corrupt("state has no `step`".into()))?;
         let opt_t = ck.state.get("optimizer_t").and_then(|s| s.as_u64()).unwrap_or(step);
         t.opt.load_state(&ck.with_prefix("optim."), opt_t)?;
         let ema_n = ck.state.get("ema_updates").and_then(|s| s.as_u64()).unwrap_or(step);
@@ -288,7 +305,8 @@ impl DiffusionTrainer {
     /// Write the checkpoint into `dir` atomically (also `dir/scheduler_config.json` for the solvers).
     pub fn save(&self, dir: &Path) -> Result<PathBuf, TrainError> {
         let p = self.checkpoint()?.save_dir(dir)?;
-        let sc = serde_json::to_vec_pretty(&self.config.scheduler_config()?).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let sc = serde_json::to_vec_pretty(&self.config.scheduler_config()?)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
         crate::checkpoint::write_atomic(&dir.join("scheduler_config.json"), &sc)?;
         Ok(p)
     }
@@ -302,12 +320,14 @@ impl DiffusionTrainer {
         let ts: Vec<usize> = (0..b).map(|_| rng.random_range(0..tn)).collect();
         let ab: Vec<f32> = ts.iter().map(|&i| self.schedule.alpha_bar(i) as f32).collect();
         let eps = randn_like(x0, &mut rng).map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let ab = Coef::per_example(&Tensor::from_vec(ab, b, &self.device)?, x0).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let ab = Coef::per_example(&Tensor::from_vec(ab, b, &self.device)?, x0)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
         let x_t = umbra_core::diffusion::q_sample(x0, &eps, &ab).map_err(|e| TrainError::Invalid(e.to_string()))?;
         let labels = match c.null_class() {
             Some(null) => {
                 let l: Vec<u32> = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-                let l: Vec<u32> = l.into_iter().map(|y| if rng.random::<f64>() < c.cond_drop { null } else { y }).collect();
+                let l: Vec<u32> =
+                    l.into_iter().map(|y| if rng.random::<f64>() < c.cond_drop { null } else { y }).collect();
                 Some(Tensor::from_vec(l, b, &self.device)?)
             }
             None => None,
@@ -336,10 +356,17 @@ impl DiffusionTrainer {
 
     /// Train until `config.steps` (or `stop_at`), logging `out/metrics.jsonl`, writing checkpoints and
     /// `out/curves.png`.
-    pub fn train(&mut self, data: &Dataset, out: &Path, stop_at: Option<u64>, show: bool) -> Result<TrainSummary, TrainError> {
+    pub fn train(
+        &mut self,
+        data: &Dataset,
+        out: &Path,
+        stop_at: Option<u64>,
+        show: bool,
+    ) -> Result<TrainSummary, TrainError> {
         std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
         let mpath = out.join("metrics.jsonl");
-        let mut log = if self.step > 0 { MetricsLogger::resume(&mpath, self.step)? } else { MetricsLogger::create(&mpath)? };
+        let mut log =
+            if self.step > 0 { MetricsLogger::resume(&mpath, self.step)? } else { MetricsLogger::create(&mpath)? };
         let batcher = self.batcher(data.len());
         let nb = batcher.num_batches() as u64;
         if nb == 0 {
@@ -364,8 +391,10 @@ impl DiffusionTrainer {
                 progress::set_terms(&pb, &[("loss".into(), win / win_n as f64)]);
             }
             if self.step % self.config.log_every.max(1) == 0 || self.step == end {
-                log.log(&serde_json::json!({ "split": "train", "step": self.step, "epoch": self.step as f64 / nb as f64,
-                    "loss": win / win_n as f64, "seconds": t0.elapsed().as_secs_f64() }))?;
+                log.log(
+                    &serde_json::json!({ "split": "train", "step": self.step, "epoch": self.step as f64 / nb as f64,
+                    "loss": win / win_n as f64, "seconds": t0.elapsed().as_secs_f64() }),
+                )?;
                 win = 0.0;
                 win_n = 0;
             }
@@ -380,13 +409,20 @@ impl DiffusionTrainer {
         let _ = self.write_curves(out);
         let secs = t0.elapsed().as_secs_f64();
         let done = self.step - start;
-        Ok(TrainSummary { steps: self.step, seconds: secs, steps_per_sec: if secs > 0.0 { done as f64 / secs } else { 0.0 }, last_loss: last, checkpoint: ckpt })
+        Ok(TrainSummary {
+            steps: self.step,
+            seconds: secs,
+            steps_per_sec: if secs > 0.0 { done as f64 / secs } else { 0.0 },
+            last_loss: last,
+            checkpoint: ckpt,
+        })
     }
 
     /// `out/curves.png`: the training loss against step.
     pub fn write_curves(&self, out: &Path) -> Result<PathBuf, TrainError> {
         let recs = crate::metrics::read_jsonl(&out.join("metrics.jsonl"))?;
-        let pts: Vec<(f64, f64)> = recs.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, r.get("loss")?.as_f64()?))).collect();
+        let pts: Vec<(f64, f64)> =
+            recs.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, r.get("loss")?.as_f64()?))).collect();
         let png = out.join("curves.png");
         let title = format!("diffusion training loss ({} target, MSE)", self.config.param);
         crate::curves::plot_series(&png, &title, "step", "loss", &[("train/loss".to_string(), pts)])?;

@@ -50,7 +50,9 @@ impl Ema {
     pub fn load(&mut self, tensors: BTreeMap<String, Tensor>, updates: u64) -> Result<(), TrainError> {
         for k in self.shadow.keys() {
             if !tensors.contains_key(k) {
-                return Err(TrainError::Mismatch(format!("EMA state has no `{k}`; the checkpoint was written for a different model")));
+                return Err(TrainError::Mismatch(format!(
+                    "EMA state has no `{k}`; the checkpoint was written for a different model"
+                )));
             }
         }
         self.shadow = tensors;

@@ -4,16 +4,16 @@
 //! is model-agnostic; [`vae_trainer`] is the VAE/HVAE training loop built on it.
 
 pub mod checkpoint;
+pub mod classifier_trainer;
 pub mod curves;
+pub mod diffusion_trainer;
+pub mod ema;
 pub mod init;
 pub mod metrics;
 pub mod optim;
 pub mod progress;
-pub mod vae_trainer;
-pub mod classifier_trainer;
 pub mod sample_metrics;
-pub mod ema;
-pub mod diffusion_trainer;
+pub mod vae_trainer;
 
 pub use checkpoint::Checkpoint;
 pub use optim::{AdamW, AdamWConfig};

@@ -93,7 +93,8 @@ impl AdamW {
             match &mut s.moments {
                 Moments::Host(m, v) => {
                     let g = g.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-                    let mut theta = s.var.as_tensor().flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                    let mut theta =
+                        s.var.as_tensor().flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
                     let decay = 1.0 - lr * wd;
                     for i in 0..theta.len() {
                         let gi = g[i];
@@ -110,7 +111,8 @@ impl AdamW {
                     let v2 = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
                     let update = ((&m2 / bc1)? / ((&v2 / bc2)?.sqrt()? + c.eps)?)?;
                     let theta = s.var.as_tensor();
-                    let theta = if c.weight_decay > 0.0 { (theta * (1.0 - c.lr * c.weight_decay))? } else { theta.clone() };
+                    let theta =
+                        if c.weight_decay > 0.0 { (theta * (1.0 - c.lr * c.weight_decay))? } else { theta.clone() };
                     s.var.set(&(theta - (update * c.lr)?)?)?;
                     *m = m2;
                     *v = v2;
@@ -152,7 +154,9 @@ impl AdamW {
             let mut got = Vec::with_capacity(2);
             for key in [format!("m.{}", s.name), format!("v.{}", s.name)] {
                 let src = tensors.get(&key).ok_or_else(|| {
-                    TrainError::Mismatch(format!("optimizer state has no `{key}`; the checkpoint was written for a different model"))
+                    TrainError::Mismatch(format!(
+                        "optimizer state has no `{key}`; the checkpoint was written for a different model"
+                    ))
                 })?;
                 if src.dims() != s.var.dims() {
                     return Err(TrainError::Mismatch(format!(

@@ -6,8 +6,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// [`set_terms`].
 pub fn bar(total: u64, title: &str) -> ProgressBar {
     let pb = ProgressBar::new(total);
-    let style = ProgressStyle::with_template("{prefix:>10} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {per_sec} eta {eta} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "{prefix:>10} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {per_sec} eta {eta} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     pb.set_style(style);
     pb.set_prefix(title.to_string());
     pb

@@ -181,10 +181,17 @@ impl TrainConfig {
 pub const EVAL_BINARIZE_SEED: u64 = 0x7E57;
 
 /// Flattened batch `idx` of `data`, dynamically binarized when `binarize` is `Some((seed, epoch, batch))`.
-pub fn data_batch(data: &Dataset, idx: &[usize], binarize: Option<(u64, u64, u64)>, dev: &Device) -> Result<Tensor, TrainError> {
+pub fn data_batch(
+    data: &Dataset,
+    idx: &[usize],
+    binarize: Option<(u64, u64, u64)>,
+    dev: &Device,
+) -> Result<Tensor, TrainError> {
     let x = data.batch_flat(idx, dev).map_err(|e| TrainError::Invalid(e.to_string()))?;
     Ok(match binarize {
-        Some((s, e, b)) => umbra_data::transforms::binarize_tensor(&x, s, e, b).map_err(|e| TrainError::Invalid(e.to_string()))?,
+        Some((s, e, b)) => {
+            umbra_data::transforms::binarize_tensor(&x, s, e, b).map_err(|e| TrainError::Invalid(e.to_string()))?
+        }
         None => x,
     })
 }
@@ -217,7 +224,14 @@ pub struct ElboReport {
 }
 
 /// Evaluate the ELBO term by term (one MC sample per image, noise from `seed`).
-pub fn evaluate_elbo(model: &AnyModel, data: &Dataset, batch: usize, binarize: bool, seed: u64, dev: &Device) -> Result<ElboReport, TrainError> {
+pub fn evaluate_elbo(
+    model: &AnyModel,
+    data: &Dataset,
+    batch: usize,
+    binarize: bool,
+    seed: u64,
+    dev: &Device,
+) -> Result<ElboReport, TrainError> {
     let mut names: Vec<String> = Vec::new();
     let mut per: Vec<Vec<f64>> = Vec::new();
     let b = batch.max(1);
@@ -248,7 +262,12 @@ pub fn evaluate_elbo(model: &AnyModel, data: &Dataset, batch: usize, binarize: b
         })
         .collect();
     let elbo_nats = terms.last().map(|t| t.1).unwrap_or(f64::NAN);
-    Ok(ElboReport { n: data.len(), terms, elbo_nats, neg_elbo_bits_per_dim: bits_per_dim(-elbo_nats, model.input_dim()) })
+    Ok(ElboReport {
+        n: data.len(),
+        terms,
+        elbo_nats,
+        neg_elbo_bits_per_dim: bits_per_dim(-elbo_nats, model.input_dim()),
+    })
 }
 
 /// Importance-weighted NLL on a dataset.
@@ -268,7 +287,15 @@ pub struct IwReport {
 }
 
 /// log p(x) ≈ log (1/K) Σ_k p(x, z_k)/q(z_k|x) for every image, K samples in bounded chunks.
-pub fn evaluate_iw(model: &AnyModel, data: &Dataset, k: usize, binarize: bool, seed: u64, dev: &Device, show: bool) -> Result<IwReport, TrainError> {
+pub fn evaluate_iw(
+    model: &AnyModel,
+    data: &Dataset,
+    k: usize,
+    binarize: bool,
+    seed: u64,
+    dev: &Device,
+    show: bool,
+) -> Result<IwReport, TrainError> {
     let k = k.max(1);
     const ROWS: usize = 8192;
     let chunk = k.min(ROWS);
@@ -350,7 +377,11 @@ impl VaeTrainer {
         }
         let mut t = Self::new(mc, tc, device)?;
         load_varmap(&t.varmap, &ck.with_prefix("model."))?;
-        let step = ck.state.get("step").and_then(|s| s.as_u64()).ok_or_else(|| TrainError::Corrupt("state has no `step`".into()))?;
+        let step = ck
+            .state
+            .get("step")
+            .and_then(|s| s.as_u64())
+            .ok_or_else(|| TrainError::Corrupt("state has no `step`".into()))?;
         let opt_t = ck.state.get("optimizer_t").and_then(|s| s.as_u64()).unwrap_or(step);
         t.opt.load_state(&ck.with_prefix("optim."), opt_t)?;
         t.step = step;
@@ -422,10 +453,21 @@ impl VaeTrainer {
 
     /// Train until the configured epochs are done (or `stop_at` steps, for tests), logging to
     /// `out/metrics.jsonl`, writing checkpoints into `out` and `out/curves.png`.
-    pub fn train(&mut self, train: &Dataset, test: Option<&Dataset>, out: &Path, stop_at: Option<u64>, show: bool) -> Result<TrainSummary, TrainError> {
+    pub fn train(
+        &mut self,
+        train: &Dataset,
+        test: Option<&Dataset>,
+        out: &Path,
+        stop_at: Option<u64>,
+        show: bool,
+    ) -> Result<TrainSummary, TrainError> {
         std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
         let metrics_path = out.join("metrics.jsonl");
-        let mut log = if self.step > 0 { MetricsLogger::resume(&metrics_path, self.step)? } else { MetricsLogger::create(&metrics_path)? };
+        let mut log = if self.step > 0 {
+            MetricsLogger::resume(&metrics_path, self.step)?
+        } else {
+            MetricsLogger::create(&metrics_path)?
+        };
         let n = train.len();
         let batcher = self.batcher(n);
         let nb = batcher.num_batches() as u64;
@@ -483,7 +525,11 @@ impl VaeTrainer {
                         rec[k] = serde_json::json!(v);
                     }
                     log.log(&rec)?;
-                    pb.println(format!("epoch {:>4}  test {}", self.step / nb, progress::format_terms(&r.terms.iter().map(|t| (t.0.clone(), t.1)).collect::<Vec<_>>())));
+                    pb.println(format!(
+                        "epoch {:>4}  test {}",
+                        self.step / nb,
+                        progress::format_terms(&r.terms.iter().map(|t| (t.0.clone(), t.1)).collect::<Vec<_>>())
+                    ));
                     test_report = Some(r);
                 }
                 let _ = self.write_curves(out);
@@ -517,7 +563,13 @@ impl VaeTrainer {
             _ => vec![],
         };
         keys.extend(names.iter().map(|s| s.as_str()));
-        crate::curves::plot_metrics(&out.join("metrics.jsonl"), &png, &format!("{} training (nats per image)", self.model_config.kind()), &["train", "test"], &keys)?;
+        crate::curves::plot_metrics(
+            &out.join("metrics.jsonl"),
+            &png,
+            &format!("{} training (nats per image)", self.model_config.kind()),
+            &["train", "test"],
+            &keys,
+        )?;
         Ok(png)
     }
 }

@@ -28,7 +28,11 @@ fn checkpoint_round_trips_exactly() {
     let path = sample().save_dir(&d).unwrap();
     assert!(d.join("config.json").is_file());
     // No temp files left behind by the atomic write.
-    let leftovers: Vec<_> = std::fs::read_dir(&d).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
     assert!(leftovers.is_empty());
     let ck = Checkpoint::load(&d, &Device::Cpu).unwrap();
     assert_eq!(ck.kind, "vae");

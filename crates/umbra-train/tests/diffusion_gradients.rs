@@ -52,7 +52,12 @@ fn config(net: NetConfig, image_size: Option<usize>, channels: usize, classes: O
 #[test]
 fn toy_mlp_every_parameter_gets_a_gradient() {
     let dev = Device::Cpu;
-    let c = config(NetConfig::ToyMlp(ToyMlpConfig { num_class_embeds: Some(3), hidden: 16, ..Default::default() }), None, 2, Some(2));
+    let c = config(
+        NetConfig::ToyMlp(ToyMlpConfig { num_class_embeds: Some(3), hidden: 16, ..Default::default() }),
+        None,
+        2,
+        Some(2),
+    );
     let t = DiffusionTrainer::new(c, &dev).unwrap();
     let x = Tensor::randn(0f32, 1.0, (16, 2), &dev).unwrap();
     // labels cover every class row including the null class 2
@@ -79,7 +84,12 @@ fn noise_conditional_classifier_every_parameter_gets_a_gradient() {
     let cfg = ClassifierTrainConfig {
         dataset: "test".into(),
         data_dir: None,
-        net: umbra_nn::classifier::ClassifierConfig { noise_conditional: true, channels: [8, 16, 16], feature_dim: 16, ..Default::default() },
+        net: umbra_nn::classifier::ClassifierConfig {
+            noise_conditional: true,
+            channels: [8, 16, 16],
+            feature_dim: 16,
+            ..Default::default()
+        },
         schedule: "linear".into(),
         timesteps: 1000,
         batch_size: 4,

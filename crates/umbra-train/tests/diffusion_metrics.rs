@@ -64,7 +64,14 @@ fn frechet_matches_closed_form() {
     let b = [1.0, -0.3, -0.3, 0.5];
     let sa = sym_sqrt(&a, 2);
     let m: Vec<f64> = {
-        let mul = |x: &[f64], y: &[f64]| vec![x[0] * y[0] + x[1] * y[2], x[0] * y[1] + x[1] * y[3], x[2] * y[0] + x[3] * y[2], x[2] * y[1] + x[3] * y[3]];
+        let mul = |x: &[f64], y: &[f64]| {
+            vec![
+                x[0] * y[0] + x[1] * y[2],
+                x[0] * y[1] + x[1] * y[3],
+                x[2] * y[0] + x[3] * y[2],
+                x[2] * y[1] + x[3] * y[3],
+            ]
+        };
         mul(&mul(&sa, &b), &sa)
     };
     let tr_sqrt = (m[0] + m[3] + 2.0 * (m[0] * m[3] - m[1] * m[2]).sqrt()).sqrt();
@@ -94,7 +101,8 @@ fn frechet_of_sample_features_is_near_population_value() {
 #[test]
 fn mmd_separates_shifted_samples() {
     let x: Vec<Vec<f64>> = (0..200).map(|i| vec![(i as f64 * 0.37).sin(), (i as f64 * 0.11).cos()]).collect();
-    let y: Vec<Vec<f64>> = (0..200).map(|i| vec![(i as f64 * 0.37 + 0.5).sin(), ((i as f64 + 0.5) * 0.11).cos()]).collect();
+    let y: Vec<Vec<f64>> =
+        (0..200).map(|i| vec![(i as f64 * 0.37 + 0.5).sin(), ((i as f64 + 0.5) * 0.11).cos()]).collect();
     let z: Vec<Vec<f64>> = x.iter().map(|r| vec![r[0] + 2.0, r[1]]).collect();
     let h = median_bandwidth(&x, &y);
     assert!(mmd2_rbf(&x, &y, h).abs() < 0.01);

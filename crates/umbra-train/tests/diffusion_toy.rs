@@ -132,14 +132,21 @@ fn class_conditional_8gaussians_with_cfg_lands_on_the_requested_component() {
     let sc = m.config.scheduler_config().unwrap();
     let n = 200;
     for class in [0u32, 3, 6] {
-        let pts: Vec<[f32; 2]> = (0..train.len()).filter(|&i| train.labels[i] as u32 == class).map(|i| train.point(i)).collect();
-        let c = [pts.iter().map(|p| p[0]).sum::<f32>() / pts.len() as f32, pts.iter().map(|p| p[1]).sum::<f32>() / pts.len() as f32];
+        let pts: Vec<[f32; 2]> =
+            (0..train.len()).filter(|&i| train.labels[i] as u32 == class).map(|i| train.point(i)).collect();
+        let c = [
+            pts.iter().map(|p| p[0]).sum::<f32>() / pts.len() as f32,
+            pts.iter().map(|p| p[1]).sum::<f32>() / pts.len() as f32,
+        ];
         let cond = m.denoiser(Some(Tensor::from_vec(vec![class; n], n, &dev).unwrap()));
         let uncond = m.denoiser(m.null_labels(n, &dev).unwrap());
         let guided = ClassifierFreeGuidance::with_weight(cond, uncond, 1.0);
         let noise = Tensor::randn(0f32, 1.0, (n, 2), &dev).unwrap();
         let x = sample(SolverKind::Ddim.build(&sc).unwrap().as_ref(), &guided, &noise, 25, 1, false).unwrap();
-        let near = rows(&x).iter().filter(|r| ((r[0] - c[0] as f64).powi(2) + (r[1] - c[1] as f64).powi(2)).sqrt() < 1.0).count();
+        let near = rows(&x)
+            .iter()
+            .filter(|r| ((r[0] - c[0] as f64).powi(2) + (r[1] - c[1] as f64).powi(2)).sqrt() < 1.0)
+            .count();
         let frac = near as f64 / n as f64;
         eprintln!("class {class}: {:.1}% of guided samples within 1.0 of the component centre", 100.0 * frac);
         assert!(frac > 0.9, "class {class}: only {:.1}% of samples near the requested component", 100.0 * frac);

@@ -12,9 +12,22 @@ use umbra_train::vae_trainer::{ModelConfig, TrainConfig, VaeTrainer};
 #[ignore]
 fn vae_step_breakdown() {
     let dev = Device::Cpu;
-    let tc = TrainConfig { dataset: "x".into(), epochs: 1, batch_size: 100, lr: 1e-3, seed: 0, checkpoint_every: 0, log_every: 100, kl_warmup_steps: 0, free_bits: 0.0, mc_samples: 1, binarize: true };
+    let tc = TrainConfig {
+        dataset: "x".into(),
+        epochs: 1,
+        batch_size: 100,
+        lr: 1e-3,
+        seed: 0,
+        checkpoint_every: 0,
+        log_every: 100,
+        kl_warmup_steps: 0,
+        free_bits: 0.0,
+        mc_samples: 1,
+        binarize: true,
+    };
     let mut t = VaeTrainer::new(ModelConfig::Vae(VaeConfig::mlp([1, 28, 28], 50)), tc, &dev).unwrap();
-    let x = Tensor::rand(0f32, 1.0, (100, 784), &dev).unwrap().ge(0.5).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+    let x =
+        Tensor::rand(0f32, 1.0, (100, 784), &dev).unwrap().ge(0.5).unwrap().to_dtype(candle_core::DType::F32).unwrap();
     let n = 50;
     let (mut tf, mut tb, mut to) = (0.0, 0.0, 0.0);
     for i in 0..n {
@@ -31,5 +44,10 @@ fn vae_step_breakdown() {
         tb += (t2 - t1).as_secs_f64();
         to += (t3 - t2).as_secs_f64();
     }
-    eprintln!("per step: forward {:.2} ms, backward {:.2} ms, optimizer {:.2} ms", tf * 1e3 / n as f64, tb * 1e3 / n as f64, to * 1e3 / n as f64);
+    eprintln!(
+        "per step: forward {:.2} ms, backward {:.2} ms, optimizer {:.2} ms",
+        tf * 1e3 / n as f64,
+        tb * 1e3 / n as f64,
+        to * 1e3 / n as f64
+    );
 }

@@ -49,7 +49,10 @@ fn training_on_digits_lowers_negative_elbo() {
     let out = tmpdir("lowers");
     let s = t.train(&train, Some(&test), &out, None, false).unwrap();
     let after = s.test.clone().unwrap();
-    eprintln!("−ELBO before {:.2}, after {:.2} nats ({} steps, {:.1} steps/s)", -before.elbo_nats, -after.elbo_nats, s.steps, s.steps_per_sec);
+    eprintln!(
+        "−ELBO before {:.2}, after {:.2} nats ({} steps, {:.1} steps/s)",
+        -before.elbo_nats, -after.elbo_nats, s.steps, s.steps_per_sec
+    );
     assert_eq!(s.steps, 300);
     assert!(-after.elbo_nats < -before.elbo_nats - 10.0, "before {} after {}", before.elbo_nats, after.elbo_nats);
     assert!(out.join("curves.png").is_file() && out.join("metrics.jsonl").is_file());
@@ -60,7 +63,10 @@ fn training_on_digits_lowers_negative_elbo() {
     let elbo = evaluate_elbo(&t.model, &sub, 50, true, 1, &dev).unwrap();
     let iw1 = evaluate_iw(&t.model, &sub, 1, true, 1, &dev, false).unwrap();
     let iw = evaluate_iw(&t.model, &sub, 100, true, 1, &dev, false).unwrap();
-    eprintln!("subset: −ELBO {:.2}, NLL K=1 {:.2}, NLL K=100 {:.2} ± {:.2} (delta {:.3}, ESS {:.1})", -elbo.elbo_nats, iw1.nll_nats, iw.nll_nats, iw.nll_std_err_images, iw.delta_method_std_err, iw.mean_ess);
+    eprintln!(
+        "subset: −ELBO {:.2}, NLL K=1 {:.2}, NLL K=100 {:.2} ± {:.2} (delta {:.3}, ESS {:.1})",
+        -elbo.elbo_nats, iw1.nll_nats, iw.nll_nats, iw.nll_std_err_images, iw.delta_method_std_err, iw.mean_ess
+    );
     assert!(iw.nll_nats < -elbo.elbo_nats, "IW NLL {} must be below −ELBO {}", iw.nll_nats, -elbo.elbo_nats);
     assert!(iw.nll_nats < iw1.nll_nats - 0.5);
     assert!((iw.bits_per_dim - iw.nll_nats / (64.0 * std::f64::consts::LN_2)).abs() < 1e-9);

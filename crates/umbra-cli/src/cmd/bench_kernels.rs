@@ -118,7 +118,9 @@ fn randn(rng: &mut StdRng, shape: &[usize]) -> Result<Tensor> {
 
 fn bar(len: usize, label: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
-    pb.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed}").unwrap().progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed}").unwrap().progress_chars("=> "),
+    );
     pb.set_prefix(label.to_string());
     pb
 }
@@ -161,7 +163,13 @@ fn run_steps(a: &TrainStepArgs, mode: KernelMode, iters: usize, warmup: usize) -
         let ms = st.elapsed().as_secs_f64() * 1e3;
         let cms = cpu_ms() - c0;
         anyhow::ensure!(l.is_finite(), "loss became {l} at iteration {i}");
-        say(&pb, format!("[{label}] iter {i}: {ms:.1} ms (cpu {cms:.0} ms) loss {l:.5}{}", if i < warmup { " (warm-up)" } else { "" }));
+        say(
+            &pb,
+            format!(
+                "[{label}] iter {i}: {ms:.1} ms (cpu {cms:.0} ms) loss {l:.5}{}",
+                if i < warmup { " (warm-up)" } else { "" }
+            ),
+        );
         pb.inc(1);
         if i >= warmup {
             times.push(ms);
@@ -178,7 +186,11 @@ fn run_steps(a: &TrainStepArgs, mode: KernelMode, iters: usize, warmup: usize) -
             ft.push(st.elapsed().as_secs_f64() * 1e3);
         }
         let m = median(&ft[1..]);
-        println!("[{label}] forward (sampling) batch {}: median {m:.1} ms = {:.1} images/s", a.batch, a.batch as f64 * 1e3 / m);
+        println!(
+            "[{label}] forward (sampling) batch {}: median {m:.1} ms = {:.1} images/s",
+            a.batch,
+            a.batch as f64 * 1e3 / m
+        );
     }
     Ok((times, cpu))
 }
@@ -187,12 +199,20 @@ pub fn train_step(a: TrainStepArgs) -> Result<()> {
     anyhow::ensure!(a.iters >= 1 && a.batch >= 1, "--iters and --batch must be at least 1");
     set_threads(a.threads)?;
     let env_reference = umbra_kernels::mode() == KernelMode::Reference;
-    println!("umbra bench train-step: batch {} threads {} (rayon {})", a.batch, a.threads, rayon::current_num_threads());
+    println!(
+        "umbra bench train-step: batch {} threads {} (rayon {})",
+        a.batch,
+        a.threads,
+        rayon::current_num_threads()
+    );
     let first = if env_reference { KernelMode::Reference } else { KernelMode::Fast };
     let (times, cpu) = run_steps(&a, first, a.iters, a.warmup)?;
     let m = median(&times);
     let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
-    println!("MODEL [{first:?}] median step ms: {m:.1} (min {min:.1}; median process CPU ms per step {:.0})", median(&cpu));
+    println!(
+        "MODEL [{first:?}] median step ms: {m:.1} (min {min:.1}; median process CPU ms per step {:.0})",
+        median(&cpu)
+    );
     if a.reference_kernels && !env_reference {
         let (rt, _) = run_steps(&a, KernelMode::Reference, a.reference_iters.max(1), 1)?;
         let rm = median(&rt);
@@ -251,7 +271,8 @@ pub fn ops(a: OpsArgs) -> Result<()> {
     let small = Var::from_tensor(&randn(&mut rng, &[64, 128, 16, 16])?)?;
     let scale = 1.0 / 128f64.sqrt();
 
-    let modes: &[KernelMode] = if a.no_candle { &[KernelMode::Fast] } else { &[KernelMode::Fast, KernelMode::Reference] };
+    let modes: &[KernelMode] =
+        if a.no_candle { &[KernelMode::Fast] } else { &[KernelMode::Fast, KernelMode::Reference] };
     let pb = bar(modes.len() * 6, "ops");
     for &mode in modes {
         umbra_kernels::set_mode(mode);
@@ -261,11 +282,38 @@ pub fn ops(a: OpsArgs) -> Result<()> {
             pb.inc(1);
         };
         line("conv2d fwd", time_op(n, || umbra_kernels::conv2d(&x, &w, None, 1, 1).map(|_| ()))?);
-        line("conv2d fwd+bwd (dx,dw)", time_op(n, || fwd_bwd(&[xv.clone(), wv.clone()], &|t| umbra_kernels::conv2d(&t[0], &t[1], None, 1, 1)))?);
-        line("group_norm fwd+bwd [64,64,32,32]", time_op(n, || fwd_bwd(&[xv.clone(), gamma.clone(), beta.clone()], &|t| umbra_kernels::group_norm(&t[0], 8, &t[1], &t[2], 1e-5)))?);
-        line("group_norm+silu fwd+bwd [64,64,32,32]", time_op(n, || fwd_bwd(&[xv.clone(), gamma.clone(), beta.clone()], &|t| umbra_kernels::group_norm_silu(&t[0], 8, &t[1], &t[2], 1e-5)))?);
-        line("attention fwd+bwd 64x256x128", time_op(n, || fwd_bwd(&[q.clone(), k.clone(), v.clone()], &|t| umbra_kernels::attention(&t[0], &t[1], &t[2], scale, None)))?);
-        line("upsample_nearest x2 fwd+bwd [64,128,16,16]", time_op(n, || fwd_bwd(&[small.clone()], &|t| umbra_kernels::upsample_nearest(&t[0], 2)))?);
+        line(
+            "conv2d fwd+bwd (dx,dw)",
+            time_op(n, || fwd_bwd(&[xv.clone(), wv.clone()], &|t| umbra_kernels::conv2d(&t[0], &t[1], None, 1, 1)))?,
+        );
+        line(
+            "group_norm fwd+bwd [64,64,32,32]",
+            time_op(n, || {
+                fwd_bwd(&[xv.clone(), gamma.clone(), beta.clone()], &|t| {
+                    umbra_kernels::group_norm(&t[0], 8, &t[1], &t[2], 1e-5)
+                })
+            })?,
+        );
+        line(
+            "group_norm+silu fwd+bwd [64,64,32,32]",
+            time_op(n, || {
+                fwd_bwd(&[xv.clone(), gamma.clone(), beta.clone()], &|t| {
+                    umbra_kernels::group_norm_silu(&t[0], 8, &t[1], &t[2], 1e-5)
+                })
+            })?,
+        );
+        line(
+            "attention fwd+bwd 64x256x128",
+            time_op(n, || {
+                fwd_bwd(&[q.clone(), k.clone(), v.clone()], &|t| {
+                    umbra_kernels::attention(&t[0], &t[1], &t[2], scale, None)
+                })
+            })?,
+        );
+        line(
+            "upsample_nearest x2 fwd+bwd [64,128,16,16]",
+            time_op(n, || fwd_bwd(&[small.clone()], &|t| umbra_kernels::upsample_nearest(&t[0], 2)))?,
+        );
     }
     pb.finish_and_clear();
     umbra_kernels::set_mode(KernelMode::Fast);

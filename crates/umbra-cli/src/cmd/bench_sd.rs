@@ -92,7 +92,8 @@ pub struct UnetArgs {
     pub run: RunArgs,
 }
 
-const VAE_HELP: &str = "Seconds per AutoencoderKL decode (latent [batch, 4, res/8, res/8] → image [batch, 3, res, res]) \
+const VAE_HELP: &str =
+    "Seconds per AutoencoderKL decode (latent [batch, 4, res/8, res/8] → image [batch, 3, res, res]) \
 with random weights built from the architecture's VAE config (no checkpoint needed), plus the peak \
 resident memory (VmHWM). SD 1.5 and 2.1 share the same VAE architecture (83.65 M parameters).
 
@@ -132,7 +133,8 @@ fn set_threads(n: Option<usize>) -> Result<()> {
 
 fn device(cuda: bool) -> Result<Device> {
     if cuda {
-        Device::new_cuda(0).context("--cuda: no CUDA device (build umbra with `--features cuda` on a machine with a GPU)")
+        Device::new_cuda(0)
+            .context("--cuda: no CUDA device (build umbra with `--features cuda` on a machine with a GPU)")
     } else {
         Ok(Device::Cpu)
     }
@@ -260,7 +262,8 @@ pub fn vae(a: VaeArgs) -> Result<()> {
     let t0 = Instant::now();
     let model = AutoencoderKL::new(weights::random_varbuilder(a.run.seed, dtype, &dev), &cfg)?;
     println!("built in {:.1} s", t0.elapsed().as_secs_f64());
-    let z = autoencoder_kl::seeded_randn(&[a.batch, cfg.latent_channels, h, h], a.run.seed + 1, &dev)?.to_dtype(dtype)?;
+    let z =
+        autoencoder_kl::seeded_randn(&[a.batch, cfg.latent_channels, h, h], a.run.seed + 1, &dev)?.to_dtype(dtype)?;
     let times = time_runs(a.steps, "vae decode", || Ok(model.decode(&z)?))?;
     report(&format!("VAE {:?} decode at {}x{}, batch {}", a.arch, a.res, a.res, a.batch), &times);
     Ok(())

@@ -169,7 +169,14 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let nparams: usize = trainer.varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     eprintln!(
         "diffusion on {} ({} examples): {} parameters, {} target, {} schedule, T = {}, {} steps of batch {}",
-        ds.name, ds.len(), nparams, cfg.param, cfg.schedule, cfg.timesteps, cfg.steps, cfg.batch_size
+        ds.name,
+        ds.len(),
+        nparams,
+        cfg.param,
+        cfg.schedule,
+        cfg.timesteps,
+        cfg.steps,
+        cfg.batch_size
     );
     let s = trainer.train(&ds, &a.out, None, true)?;
     eprintln!(
@@ -178,7 +185,11 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     );
     println!("checkpoint: {}", a.out.join("checkpoint.safetensors").display());
     println!("curves:     {}", a.out.join("curves.png").display());
-    println!("next: umbra sample diffusion --checkpoint {} --sampler ddim --steps 50 --out {}", a.out.display(), a.out.join("samples.png").display());
+    println!(
+        "next: umbra sample diffusion --checkpoint {} --sampler ddim --steps 50 --out {}",
+        a.out.display(),
+        a.out.join("samples.png").display()
+    );
     Ok(())
 }
 
@@ -230,7 +241,12 @@ pub fn train_classifier(a: ClassifierArgs) -> anyhow::Result<()> {
     if train.kind != DataKind::Images {
         bail!("the classifier is for image datasets (mnist, mnist-mini, digits), not `{}`", a.dataset);
     }
-    let net = ClassifierConfig { in_channels: train.channels, num_classes: train.num_classes, noise_conditional: a.noise_conditional, ..Default::default() };
+    let net = ClassifierConfig {
+        in_channels: train.channels,
+        num_classes: train.num_classes,
+        noise_conditional: a.noise_conditional,
+        ..Default::default()
+    };
     let cfg = ClassifierTrainConfig {
         dataset: a.dataset.clone(),
         data_dir: a.data.as_ref().map(|p| p.display().to_string()),
@@ -315,7 +331,11 @@ pub struct SampleArgs {
 }
 
 /// Parse a solver name (adds the `annealed-langevin` alias); DDIM gets η.
-pub fn build_solver(name: &str, eta: Option<f64>, sc: &umbra_sample::SchedulerConfig) -> anyhow::Result<Box<dyn Solver>> {
+pub fn build_solver(
+    name: &str,
+    eta: Option<f64>,
+    sc: &umbra_sample::SchedulerConfig,
+) -> anyhow::Result<Box<dyn Solver>> {
     let kind: SolverKind = name.parse().map_err(|e| anyhow::anyhow!("--sampler: {e}"))?;
     Ok(match (kind, eta) {
         (SolverKind::Ddim, Some(e)) => Box::new(Ddim::new(sc, e)?),
@@ -335,7 +355,8 @@ fn class_labels(m: &LoadedDiffusion, class: Option<&str>, n: usize, dev: &Device
     Ok(Some(match class {
         None | Some("all") => (0..n).map(|i| ((i * k) / n.max(1)).min(k - 1) as u32).collect(),
         Some(s) => {
-            let c: usize = s.parse().map_err(|_| anyhow::anyhow!("--class must be an index 0..{} or `all`, got `{s}`", k - 1))?;
+            let c: usize =
+                s.parse().map_err(|_| anyhow::anyhow!("--class must be an index 0..{} or `all`, got `{s}`", k - 1))?;
             if c >= k {
                 bail!("--class {c} out of range: the model has {k} classes (0..{})", k - 1);
             }
@@ -372,15 +393,23 @@ fn make_denoiser<'a>(
         Some((c, scale)) => {
             let Some(y) = lt else { bail!("--classifier needs class labels: pass --class K or --class all") };
             if !c.config.net.noise_conditional {
-                eprintln!("warning: the classifier is not noise-conditional; its gradients at high noise are unreliable");
+                eprintln!(
+                    "warning: the classifier is not noise-conditional; its gradients at high noise are unreliable"
+                );
             }
             let size = m.config.image_size.unwrap_or(0);
             let (ch, cw) = (28usize.min(size), 28usize.min(size));
             let grad = move |x_t: &Tensor, t: &Timestep| -> umbra_sample::Result<Tensor> {
                 // The classifier sees the unpadded image; its gradient is zero on the padding.
                 let (_, _, h, w) = x_t.dims4()?;
-                let inner = if h != ch { crop_images(x_t, ch, cw).map_err(|e| umbra_sample::SampleError::Invalid(e.to_string()))? } else { x_t.clone() };
-                let g = c.grad_log_prob(&inner, &y, t.alpha_bar).map_err(|e| umbra_sample::SampleError::Invalid(e.to_string()))?;
+                let inner = if h != ch {
+                    crop_images(x_t, ch, cw).map_err(|e| umbra_sample::SampleError::Invalid(e.to_string()))?
+                } else {
+                    x_t.clone()
+                };
+                let g = c
+                    .grad_log_prob(&inner, &y, t.alpha_bar)
+                    .map_err(|e| umbra_sample::SampleError::Invalid(e.to_string()))?;
                 if h != ch {
                     let (pt, pl) = ((h - ch) / 2, (w - cw) / 2);
                     Ok(g.pad_with_zeros(2, pt, h - ch - pt)?.pad_with_zeros(3, pl, w - cw - pl)?)
@@ -420,7 +449,11 @@ fn draw(
         let den = make_denoiser(m, l, guidance, classifier, &dev)?;
         let mut shape = vec![b];
         shape.extend(m.config.example_shape());
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(umbra_data::rng::derive_seed(&[seed, start as u64, 0x5A]));
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(umbra_data::rng::derive_seed(&[
+            seed,
+            start as u64,
+            0x5A,
+        ]));
         let noise = randn_like(&Tensor::zeros(shape, DType::F32, &dev)?, &mut rng)?;
         let sseed = umbra_data::rng::derive_seed(&[seed, start as u64, 0x5B]);
         let x = if trajectory && start == 0 {
@@ -474,7 +507,20 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
     let crop = m.config.image_size.map(|_| (data.height, data.width));
     let t0 = std::time::Instant::now();
     let chunk = if m.config.image_size.is_some() { 100 } else { 5000 };
-    let (x, traj) = draw(&m, solver.as_ref(), a.steps, labels.as_deref(), a.guidance, cls.as_ref().filter(|_| a.classifier_scale != 0.0).map(|c| (c, a.classifier_scale)), a.n, a.seed, chunk, a.trajectory, crop, true)?;
+    let (x, traj) = draw(
+        &m,
+        solver.as_ref(),
+        a.steps,
+        labels.as_deref(),
+        a.guidance,
+        cls.as_ref().filter(|_| a.classifier_scale != 0.0).map(|c| (c, a.classifier_scale)),
+        a.n,
+        a.seed,
+        chunk,
+        a.trajectory,
+        crop,
+        true,
+    )?;
     eprintln!("{} samples with {} in {} steps: {:.1} s", a.n, solver.kind(), a.steps, t0.elapsed().as_secs_f64());
     let mut files = vec![a.out.clone()];
     if m.config.image_size.is_none() {
@@ -484,7 +530,10 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
         umbra_data::plot::save_scatter(
             &a.out,
             &title,
-            &[umbra_data::plot::ScatterSet::new("data", &dp).color(RGBColor(170, 170, 170)), umbra_data::plot::ScatterSet::new("samples", &pts)],
+            &[
+                umbra_data::plot::ScatterSet::new("data", &dp).color(RGBColor(170, 170, 170)),
+                umbra_data::plot::ScatterSet::new("samples", &pts),
+            ],
             None,
             640,
         )?;
@@ -502,7 +551,15 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
         let h = median_bandwidth(&ys, &ys) / 4.0;
         eprintln!("MMD² (RBF, h = {h:.3}) between {n} samples and {n} test points: {:.5}", mmd2_rbf(&xs, &ys, h));
     } else {
-        let mut opts = umbra_data::GridOptions::new(if labels.is_some() { (a.n / m.config.num_classes.unwrap_or(1)).max(1) } else { (a.n as f64).sqrt().ceil() as usize }, umbra_data::grid::auto_upscale(data.height), 2);
+        let mut opts = umbra_data::GridOptions::new(
+            if labels.is_some() {
+                (a.n / m.config.num_classes.unwrap_or(1)).max(1)
+            } else {
+                (a.n as f64).sqrt().ceil() as usize
+            },
+            umbra_data::grid::auto_upscale(data.height),
+            2,
+        );
         opts.caption = Some(format!("{} · {} steps · guidance {}", solver.kind(), a.steps, a.guidance));
         umbra_data::grid::save_grid_tensor_minus1_1(&a.out, &x.clamp(-1.0, 1.0)?, &opts)?;
         if a.trajectory && !traj.is_empty() {
@@ -516,7 +573,13 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
                 let row = Tensor::cat(&imgs, 0)?.clamp(-1.0, 1.0)?.affine(0.5, 0.5)?;
                 rows.push(row);
             }
-            umbra_data::grid::save_strip_tensors(&p, &rows, umbra_data::grid::auto_upscale(data.height), 2, Some("x_t across sampling steps (left: noise, right: sample)"))?;
+            umbra_data::grid::save_strip_tensors(
+                &p,
+                &rows,
+                umbra_data::grid::auto_upscale(data.height),
+                2,
+                Some("x_t across sampling steps (left: noise, right: sample)"),
+            )?;
             files.push(p);
         }
         if let (Some(l), Some(c)) = (&labels, &cls) {
@@ -532,7 +595,13 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
 
 /// Learned score field ∇ log p_t(x) = −ε̂/√(1−ᾱ_t) (Tweedie, Luo eq. 151) on a 21×21 grid at training index
 /// `t`, drawn as arrows over the data (and samples).
-pub fn score_field_png(m: &LoadedDiffusion, t: usize, data: &[[f32; 2]], samples: Option<&[[f32; 2]]>, path: &Path) -> anyhow::Result<()> {
+pub fn score_field_png(
+    m: &LoadedDiffusion,
+    t: usize,
+    data: &[[f32; 2]],
+    samples: Option<&[[f32; 2]]>,
+    path: &Path,
+) -> anyhow::Result<()> {
     let t = t.min(m.schedule.num_steps() - 1);
     let range = umbra_data::plot::auto_range([data]);
     let g = 21;
@@ -568,13 +637,27 @@ pub fn score_field_png(m: &LoadedDiffusion, t: usize, data: &[[f32; 2]], samples
             .build_cartesian_2d(range[0]..range[1], range[2]..range[3])
             .map_err(|x| e(&x))?;
         chart.configure_mesh().light_line_style(WHITE.mix(0.0)).draw().map_err(|x| e(&x))?;
-        chart.draw_series(data.iter().map(|p| Circle::new((p[0], p[1]), 1, RGBColor(170, 170, 170).mix(0.5).filled()))).map_err(|x| e(&x))?;
+        chart
+            .draw_series(data.iter().map(|p| Circle::new((p[0], p[1]), 1, RGBColor(170, 170, 170).mix(0.5).filled())))
+            .map_err(|x| e(&x))?;
         if let Some(sm) = samples {
-            chart.draw_series(sm.iter().take(2000).map(|p| Circle::new((p[0], p[1]), 1, RGBColor(255, 127, 14).mix(0.6).filled()))).map_err(|x| e(&x))?;
+            chart
+                .draw_series(
+                    sm.iter()
+                        .take(2000)
+                        .map(|p| Circle::new((p[0], p[1]), 1, RGBColor(255, 127, 14).mix(0.6).filled())),
+                )
+                .map_err(|x| e(&x))?;
         }
         let blue = RGBColor(31, 119, 180);
-        chart.draw_series(arrows.iter().map(|(a, b)| PathElement::new(vec![(a[0], a[1]), (b[0], b[1])], blue.stroke_width(2)))).map_err(|x| e(&x))?;
-        chart.draw_series(arrows.iter().map(|(_, b)| Circle::new((b[0], b[1]), 2, blue.filled()))).map_err(|x| e(&x))?;
+        chart
+            .draw_series(
+                arrows.iter().map(|(a, b)| PathElement::new(vec![(a[0], a[1]), (b[0], b[1])], blue.stroke_width(2))),
+            )
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(arrows.iter().map(|(_, b)| Circle::new((b[0], b[1]), 2, blue.filled())))
+            .map_err(|x| e(&x))?;
         root.present().map_err(|x| e(&x))?;
         Ok(())
     })?;
@@ -597,7 +680,11 @@ fn trajectory_scatter(traj: &[Tensor], data: &[[f32; 2]], path: &Path) -> anyhow
                 .margin(6)
                 .build_cartesian_2d(range[0]..range[1], range[2]..range[3])
                 .map_err(|x| e(&x))?;
-            chart.draw_series(sets[n].iter().map(|p| Circle::new((p[0], p[1]), 1, RGBColor(31, 119, 180).mix(0.6).filled()))).map_err(|x| e(&x))?;
+            chart
+                .draw_series(
+                    sets[n].iter().map(|p| Circle::new((p[0], p[1]), 1, RGBColor(31, 119, 180).mix(0.6).filled())),
+                )
+                .map_err(|x| e(&x))?;
         }
         root.present().map_err(|x| e(&x))?;
         Ok(())
@@ -684,7 +771,14 @@ impl VlbReport {
 }
 
 /// Monte Carlo estimate of every term of the bound (Luo eq. 58) for `x0` batches (x in [−1, 1]).
-pub fn evaluate_vlb(m: &LoadedDiffusion, data: &Dataset, n: usize, stride: usize, seed: u64, progress: bool) -> anyhow::Result<VlbReport> {
+pub fn evaluate_vlb(
+    m: &LoadedDiffusion,
+    data: &Dataset,
+    n: usize,
+    stride: usize,
+    seed: u64,
+    progress: bool,
+) -> anyhow::Result<VlbReport> {
     let dev = m.device.clone();
     let sch = &m.schedule;
     let tn = sch.num_steps();
@@ -698,7 +792,11 @@ pub fn evaluate_vlb(m: &LoadedDiffusion, data: &Dataset, n: usize, stride: usize
     let n = n.min(data.len());
     let idx: Vec<usize> = (0..n).collect();
     let chunk = 50;
-    let pb = if progress { umbra_train::progress::bar(((ts.len() + 1) * n.div_ceil(chunk)) as u64, "bound") } else { indicatif::ProgressBar::hidden() };
+    let pb = if progress {
+        umbra_train::progress::bar(((ts.len() + 1) * n.div_ceil(chunk)) as u64, "bound")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let (mut rec, mut prior) = (0.0, 0.0);
     let mut den = vec![0.0; ts.len()];
     let mut dims = 0;
@@ -729,7 +827,8 @@ pub fn evaluate_vlb(m: &LoadedDiffusion, data: &Dataset, n: usize, stride: usize
             // Continuous data: log N(x_0; x̂_0(x_1), σ_1² I) summed over dimensions (a density, not a mass).
             let d = x0.flatten_from(1)?.dim(1)? as f64;
             let sq = mean(umbra_core::diffusion::loss::sum_sq_per_example(&(&x0 - &mean0)?)?)?;
-            -0.5 * sq / (sigma1 * sigma1) - 0.5 * d * (2.0 * std::f64::consts::PI * sigma1 * sigma1).ln() * c.len() as f64
+            -0.5 * sq / (sigma1 * sigma1)
+                - 0.5 * d * (2.0 * std::f64::consts::PI * sigma1 * sigma1).ln() * c.len() as f64
         };
         pb.inc(1);
     }
@@ -786,12 +885,31 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         let r = evaluate_vlb(&m, &data, a.n_images, a.t_stride, a.seed, true)?;
         let bpd = |x: f64| bits_per_dim(x, r.dims);
         let mut md = String::new();
-        md.push_str(&format!("Variational bound on {} ({} images, {} dims, step {}, t-stride {}):\n\n", data.name, a.n_images.min(data.len()), r.dims, m.step, a.t_stride));
+        md.push_str(&format!(
+            "Variational bound on {} ({} images, {} dims, step {}, t-stride {}):\n\n",
+            data.name,
+            a.n_images.min(data.len()),
+            r.dims,
+            m.step,
+            a.t_stride
+        ));
         md.push_str("| term | nats/image | bits/dim |\n|---|---:|---:|\n");
-        md.push_str(&format!("| −reconstruction (−E log p(x0|x1)) | {:.2} | {:.4} |\n", -r.reconstruction, bpd(-r.reconstruction)));
-        md.push_str(&format!("| prior matching KL(q(x_T|x0) ‖ N(0,I)) | {:.4} | {:.6} |\n", r.prior_matching, bpd(r.prior_matching)));
+        md.push_str(&format!(
+            "| −reconstruction (−E log p(x0|x1)) | {:.2} | {:.4} |\n",
+            -r.reconstruction,
+            bpd(-r.reconstruction)
+        ));
+        md.push_str(&format!(
+            "| prior matching KL(q(x_T|x0) ‖ N(0,I)) | {:.4} | {:.6} |\n",
+            r.prior_matching,
+            bpd(r.prior_matching)
+        ));
         md.push_str(&format!("| Σ denoising matching | {:.2} | {:.4} |\n", r.denoising_sum, bpd(r.denoising_sum)));
-        md.push_str(&format!("| **−ELBO (bound on −log p)** | **{:.2}** | **{:.4}** |\n", r.nll_nats(), bpd(r.nll_nats())));
+        md.push_str(&format!(
+            "| **−ELBO (bound on −log p)** | **{:.2}** | **{:.4}** |\n",
+            r.nll_nats(),
+            bpd(r.nll_nats())
+        ));
         println!("{md}");
         eprintln!("({:.1} s)", t0.elapsed().as_secs_f64());
         let json = serde_json::json!({"dataset": data.name, "n_images": a.n_images.min(data.len()), "dims": r.dims,
@@ -802,11 +920,19 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         std::fs::write(out.join("vlb.json"), serde_json::to_string_pretty(&json)?)?;
         std::fs::write(out.join("vlb.md"), &md)?;
         let pts: Vec<(f64, f64)> = r.denoising.iter().map(|(t, v)| (*t as f64 + 1.0, v.max(1e-6).log10())).collect();
-        umbra_train::curves::plot_series(&out.join("denoising_matching.png"), "denoising matching KL per step t (log10 nats/image)", "t (paper index)", "log10 KL", &[("E KL(q(x_{t−1}|x_t,x0) ‖ p_θ)".to_string(), pts)])?;
+        umbra_train::curves::plot_series(
+            &out.join("denoising_matching.png"),
+            "denoising matching KL per step t (log10 nats/image)",
+            "t (paper index)",
+            "log10 KL",
+            &[("E KL(q(x_{t−1}|x_t,x0) ‖ p_θ)".to_string(), pts)],
+        )?;
         println!("wrote {}, {}", out.join("vlb.json").display(), out.join("denoising_matching.png").display());
     }
     if a.fid_table {
-        let Some(cp) = &a.classifier else { bail!("--fid-table needs --classifier DIR (train one with `umbra train classifier`)") };
+        let Some(cp) = &a.classifier else {
+            bail!("--fid-table needs --classifier DIR (train one with `umbra train classifier`)")
+        };
         if m.config.num_classes.is_none() {
             bail!("--fid-table measures class-conditional samples: the checkpoint must be trained with --classes");
         }
@@ -820,7 +946,12 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             tf.extend(cls.features(&x)?);
         }
         let sc = m.config.scheduler_config()?;
-        let steps: Vec<usize> = a.steps.split(',').map(|s| s.trim().parse::<usize>()).collect::<Result<_, _>>().context("--steps: a comma-separated list of integers")?;
+        let steps: Vec<usize> = a
+            .steps
+            .split(',')
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .context("--steps: a comma-separated list of integers")?;
         let solvers: Vec<&str> = a.solvers.split(',').map(str::trim).collect();
         let mut md = format!(
             "Sample quality of {} ({} samples per cell, classes cycled, guidance w = {}); each cell: classifier accuracy % / classifier FID\n\n| solver |",
@@ -841,14 +972,22 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
                 let (acc, fid) = quality_cell(&m, &cls, solver.as_ref(), st, a.fid_n, a.guidance, &tf, crop, a.seed)?;
                 md.push_str(&format!(" {:.1} / {:.2} |", 100.0 * acc, fid));
                 pb.inc(1);
-                pb.println(format!("{} {st} steps: accuracy {:.1}%, classifier FID {:.2}", solver.kind(), 100.0 * acc, fid));
+                pb.println(format!(
+                    "{} {st} steps: accuracy {:.1}%, classifier FID {:.2}",
+                    solver.kind(),
+                    100.0 * acc,
+                    fid
+                ));
             }
             md.push('\n');
         }
         pb.finish_and_clear();
         // Reference: test images against themselves (the floor of the metric at this sample size).
         let half = tf.len() / 2;
-        md.push_str(&format!("\nReference: classifier FID between two halves of the test set = {:.2}\n", frechet_distance_of_features(&tf[..half], &tf[half..])));
+        md.push_str(&format!(
+            "\nReference: classifier FID between two halves of the test set = {:.2}\n",
+            frechet_distance_of_features(&tf[..half], &tf[half..])
+        ));
         println!("{md}");
         std::fs::write(out.join("fid_table.md"), &md)?;
         println!("wrote {}", out.join("fid_table.md").display());
@@ -900,8 +1039,15 @@ pub fn quickstart_toy(out_dir: &Path, seed: u64) -> anyhow::Result<Vec<PathBuf>>
     }
     let data_set = umbra_data::plot::ScatterSet::new("data", &dp).color(RGBColor(170, 170, 170));
     for (name, pts) in &sample_sets {
-        let file = out_dir.join(format!("diffusion_moons_{}.png", name.split(' ').next().unwrap_or("s").replace('+', "p")));
-        umbra_data::plot::save_scatter(&file, &format!("diffusion samples: {name}"), &[data_set.clone(), umbra_data::plot::ScatterSet::new("samples", pts)], None, 560)?;
+        let file =
+            out_dir.join(format!("diffusion_moons_{}.png", name.split(' ').next().unwrap_or("s").replace('+', "p")));
+        umbra_data::plot::save_scatter(
+            &file,
+            &format!("diffusion samples: {name}"),
+            &[data_set.clone(), umbra_data::plot::ScatterSet::new("samples", pts)],
+            None,
+            560,
+        )?;
         files.push(file);
     }
     let score = out_dir.join("diffusion_moons_score_field.png");

@@ -34,7 +34,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ("kl", "forward vs reverse KL lab", super::kl::run_lab),
         ("data", "dataset grids and toy 2-D scatters", super::data::quickstart_grids),
         ("vae", "a VAE trained on the built-in 8x8 digits (about 40 s on 2 cores)", super::vae::quickstart_digits),
-        ("diffusion", "a diffusion model on two moons, sampled with several solvers (about 15 s)", super::diffusion::quickstart_toy),
+        (
+            "diffusion",
+            "a diffusion model on two moons, sampled with several solvers (about 15 s)",
+            super::diffusion::quickstart_toy,
+        ),
     ];
     std::fs::create_dir_all(&a.out)
         .map_err(|e| anyhow::anyhow!("cannot create output folder {}: {e}", a.out.display()))?;

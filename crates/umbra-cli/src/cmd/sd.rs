@@ -293,7 +293,9 @@ fn load(c: &CommonArgs) -> Result<(StableDiffusion, SchedulerConfig, SolverKind,
     let sd = StableDiffusion::load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
     eprintln!("loaded {} in {:.1}s", path.display(), t0.elapsed().as_secs_f64());
     let sched = match &sd.scheduler_config {
-        Some(v) => SchedulerConfig::from_json_str(&v.to_string()).context("reading the checkpoint's scheduler_config.json")?,
+        Some(v) => {
+            SchedulerConfig::from_json_str(&v.to_string()).context("reading the checkpoint's scheduler_config.json")?
+        }
         None => SchedulerConfig::stable_diffusion(),
     };
     let mut sched = sched;
@@ -325,7 +327,8 @@ fn load(c: &CommonArgs) -> Result<(StableDiffusion, SchedulerConfig, SolverKind,
 }
 
 fn read_init_noise(path: &Path) -> Result<Tensor> {
-    let ts = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("reading --init-noise {}", path.display()))?;
+    let ts = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading --init-noise {}", path.display()))?;
     if ts.len() != 1 {
         let keys: Vec<&String> = ts.keys().collect();
         bail!("--init-noise {} must hold exactly one tensor, it holds {}: {keys:?}", path.display(), ts.len());
@@ -333,7 +336,12 @@ fn read_init_noise(path: &Path) -> Result<Tensor> {
     Ok(ts.into_values().next().expect("one tensor").to_dtype(DType::F32)?)
 }
 
-fn params(c: &CommonArgs, sd: &StableDiffusion, solver: SolverKind, size: Option<(usize, usize)>) -> Result<GenerationParams> {
+fn params(
+    c: &CommonArgs,
+    sd: &StableDiffusion,
+    solver: SolverKind,
+    size: Option<(usize, usize)>,
+) -> Result<GenerationParams> {
     let default_side = sd.unet.config.sample_size.unwrap_or(64) * sd.vae.downsample_factor();
     let (dw, dh) = size.unwrap_or((default_side, default_side));
     if c.preview == Some(0) {
@@ -371,7 +379,8 @@ fn save(g: &Generation, c: &CommonArgs, p: &GenerationParams, model: &str, extra
     let rgbs = pipelines::to_rgb8(&g.images)?;
     for (i, rgb) in rgbs.iter().enumerate() {
         let seed = g.seeds[i];
-        let seed_text = if p.init_noise.is_some() { format!("{seed} (initial noise from --init-noise)") } else { seed.to_string() };
+        let seed_text =
+            if p.init_noise.is_some() { format!("{seed} (initial noise from --init-noise)") } else { seed.to_string() };
         let mut text = vec![
             ("prompt".to_string(), p.prompt.clone()),
             ("negative_prompt".to_string(), p.negative_prompt.clone()),
@@ -399,7 +408,8 @@ fn save(g: &Generation, c: &CommonArgs, p: &GenerationParams, model: &str, extra
         println!("wrote {} (seed {seed})", path.display());
     }
     if !g.previews.is_empty() {
-        let strip: Vec<Tensor> = g.previews.iter().map(|(_, im)| im.narrow(0, 0, 1)).collect::<candle_core::Result<_>>()?;
+        let strip: Vec<Tensor> =
+            g.previews.iter().map(|(_, im)| im.narrow(0, 0, 1)).collect::<candle_core::Result<_>>()?;
         let strip = pipelines::hstack(&strip)?;
         let rgb = pipelines::to_rgb8(&strip)?.remove(0);
         let steps: Vec<String> = g.previews.iter().map(|(s, _)| (s + 1).to_string()).collect();
@@ -449,7 +459,14 @@ pub fn txt2img(a: Txt2ImgArgs) -> Result<()> {
     let p = params(c, &sd, solver, None)?;
     let t0 = Instant::now();
     let g = pipelines::txt2img(&sd, &sched, &p)?;
-    eprintln!("generated {} image(s) {}x{} in {:.1}s ({} steps, {solver})", p.batch, p.width, p.height, t0.elapsed().as_secs_f64(), p.steps);
+    eprintln!(
+        "generated {} image(s) {}x{} in {:.1}s ({} steps, {solver})",
+        p.batch,
+        p.width,
+        p.height,
+        t0.elapsed().as_secs_f64(),
+        p.steps
+    );
     save(&g, c, &p, &model, &[])
 }
 
@@ -461,7 +478,8 @@ pub fn img2img(a: Img2ImgArgs) -> Result<()> {
     let t0 = Instant::now();
     let g = pipelines::img2img(&sd, &sched, &p, &image, a.strength)?;
     eprintln!("generated {} image(s) {}x{} in {:.1}s", p.batch, p.width, p.height, t0.elapsed().as_secs_f64());
-    let extra = [("strength".to_string(), a.strength.to_string()), ("init_image".to_string(), a.image.display().to_string())];
+    let extra =
+        [("strength".to_string(), a.strength.to_string()), ("init_image".to_string(), a.image.display().to_string())];
     save(&g, c, &p, &model, &extra)
 }
 

@@ -9,7 +9,9 @@ use umbra_data::{load_dataset, Dataset, GridOptions, Split};
 use umbra_nn::elbo::LatentVariableModel;
 use umbra_nn::hvae::HvaeConfig;
 use umbra_nn::vae::{Arch, DecoderKind, VaeConfig};
-use umbra_train::vae_trainer::{eval_batch, evaluate_elbo, evaluate_iw, AnyModel, ModelConfig, TrainConfig, VaeTrainer};
+use umbra_train::vae_trainer::{
+    eval_batch, evaluate_elbo, evaluate_iw, AnyModel, ModelConfig, TrainConfig, VaeTrainer,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
@@ -37,7 +39,9 @@ pub enum DecoderArg {
     Gaussian,
 }
 
-macro_rules! train_about { () => { "Train a VAE (or, via `train hvae`, a Markovian hierarchical VAE) by maximising the ELBO.
+macro_rules! train_about {
+    () => {
+        "Train a VAE (or, via `train hvae`, a Markovian hierarchical VAE) by maximising the ELBO.
 
 Per step: a batch in the seeded order of its epoch, dynamically binarized (Bernoulli decoder), \
 z = μ + σ⊙ε with ε drawn from (seed, step), loss = −reconstruction + β·prior_matching \
@@ -46,13 +50,19 @@ nats per image; OUT/metrics.jsonl logs them every --log-every steps and the test
 OUT/curves.png plots them; OUT/checkpoint.safetensors (+ config.json) is written atomically every \
 --checkpoint-every steps and at the end, and `--resume` continues exactly (same weights as an \
 uninterrupted run). At the end: samples.png, reconstructions.png, interpolation.png (and for a \
-2-D latent latent_scatter.png + manifold.png)." }; }
+2-D latent latent_scatter.png + manifold.png)."
+    };
+}
 
-macro_rules! train_examples { () => { "Examples:
+macro_rules! train_examples {
+    () => {
+        "Examples:
   umbra train vae --dataset digits --latent 16 --epochs 30 --out runs/vae-digits
   umbra train vae --dataset mnist --latent 50 --epochs 100 --batch 100 --out runs/vae-mnist
   umbra train hvae --dataset mnist --levels 2 --latent 50 --epochs 100 --out runs/hvae-mnist
-  umbra train vae --dataset mnist --out runs/vae-mnist --resume      # continue after an interruption" }; }
+  umbra train vae --dataset mnist --out runs/vae-mnist --resume      # continue after an interruption"
+    };
+}
 const TRAIN_AFTER: &str = train_examples!();
 const TRAIN_LONG: &str = concat!(train_about!(), "\n\n", train_examples!());
 
@@ -132,14 +142,18 @@ pub struct TrainArgs {
     pub no_binarize: bool,
 }
 
-macro_rules! eval_about { () => { "Evaluate a VAE/HVAE checkpoint on the test split.
+macro_rules! eval_about {
+    () => {
+        "Evaluate a VAE/HVAE checkpoint on the test split.
 
 Prints the ELBO term by term (reconstruction, latent/prior matching) in nats per image with standard \
 errors across images and −ELBO in bits per dimension, then the importance-weighted estimate \
 log p(x) ≈ log (1/K) Σ_k p(x, z_k)/q(z_k|x) (Burda et al. 2016) with K samples per image, computed \
 in bounded chunks with a running log-sum-exp. Reports NLL in nats and bits/dim, its standard error \
 across images and the delta-method Monte Carlo error. Test images are binarized once with a fixed \
-seed, so numbers compare across models. Writes CHECKPOINT/eval.json." }; }
+seed, so numbers compare across models. Writes CHECKPOINT/eval.json."
+    };
+}
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Example:\n  umbra eval vae --checkpoint runs/vae-mnist --k 5000 --n-test 1000", after_long_help = concat!(eval_about!(), "\n\nExample:\n  umbra eval vae --checkpoint runs/vae-mnist --k 5000 --n-test 1000"))]
@@ -245,7 +259,11 @@ fn model_config(a: &TrainArgs, kind: Kind, shape: [usize; 3]) -> anyhow::Result<
             if a.learned_variance {
                 bail!("the HVAE's Gaussian decoder uses a fixed σ (--sigma); drop --learned-variance");
             }
-            let mut c = if a.levels == 2 { HvaeConfig::two_level(shape, a.latent) } else { HvaeConfig::with_levels(shape, a.levels, a.latent) };
+            let mut c = if a.levels == 2 {
+                HvaeConfig::two_level(shape, a.latent)
+            } else {
+                HvaeConfig::with_levels(shape, a.levels, a.latent)
+            };
             if let Some(l) = &a.latents {
                 c.latents = l.clone();
                 c.hidden = (0..l.len()).map(|i| if i == 0 { 500 } else { 200 }).collect();
@@ -274,10 +292,12 @@ fn load(spec: &str, data: Option<&Path>, split: Split) -> anyhow::Result<Dataset
 
 pub fn train(a: TrainArgs, kind: Kind) -> anyhow::Result<()> {
     let dev = Device::Cpu;
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(match kind {
-        Kind::Vae => "runs/vae",
-        Kind::Hvae => "runs/hvae",
-    }));
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(match kind {
+            Kind::Vae => "runs/vae",
+            Kind::Hvae => "runs/hvae",
+        })
+    });
     let mut trainer = if a.resume {
         let t = VaeTrainer::resume(&out, &dev, Some(a.epochs))
             .with_context(|| format!("resuming from {} (drop --resume to start fresh)", out.display()))?;
@@ -328,12 +348,23 @@ pub fn train(a: TrainArgs, kind: Kind) -> anyhow::Result<()> {
         r.neg_elbo_bits_per_dim
     );
     let files = write_figures(&trainer.model, &trainer.model_config, &test_set, binarize, a.seed, &out)?;
-    println!("wrote {}, {}", s.checkpoint.map(|p| p.display().to_string()).unwrap_or_default(), files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "wrote {}, {}",
+        s.checkpoint.map(|p| p.display().to_string()).unwrap_or_default(),
+        files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
     Ok(())
 }
 
 /// Samples, reconstructions, interpolation (+ latent scatter and manifold for 2-D latents).
-fn write_figures(model: &AnyModel, mc: &ModelConfig, test: &Dataset, binarize: bool, seed: u64, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+fn write_figures(
+    model: &AnyModel,
+    mc: &ModelConfig,
+    test: &Dataset,
+    binarize: bool,
+    seed: u64,
+    out: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
     let shape = mc.image_shape();
     let mut files = vec![
         write_samples(model, shape, 64, seed, &out.join("samples.png"))?,
@@ -358,7 +389,8 @@ fn as_images(t: &Tensor, shape: [usize; 3]) -> anyhow::Result<Tensor> {
 fn write_samples(model: &AnyModel, shape: [usize; 3], n: usize, seed: u64, path: &Path) -> anyhow::Result<PathBuf> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5A);
     let x = model.sample_prior(n.max(1), &mut rng)?;
-    let opts = GridOptions::new(8, umbra_data::grid::auto_upscale(shape[1]), 2).caption("samples from the prior (decoder means)");
+    let opts = GridOptions::new(8, umbra_data::grid::auto_upscale(shape[1]), 2)
+        .caption("samples from the prior (decoder means)");
     umbra_data::save_grid_tensor(path, &as_images(&x, shape)?, &opts)?;
     Ok(path.to_path_buf())
 }
@@ -368,7 +400,13 @@ fn test_images(test: &Dataset, n: usize, binarize: bool, offset: usize) -> anyho
     Ok(eval_batch(test, &idx, binarize, &Device::Cpu)?)
 }
 
-fn write_reconstructions(model: &AnyModel, test: &Dataset, binarize: bool, n: usize, path: &Path) -> anyhow::Result<PathBuf> {
+fn write_reconstructions(
+    model: &AnyModel,
+    test: &Dataset,
+    binarize: bool,
+    n: usize,
+    path: &Path,
+) -> anyhow::Result<PathBuf> {
     let shape = [test.channels, test.height, test.width];
     let x = test_images(test, n.max(1), binarize, 0)?;
     let r = model.reconstruct(&x)?;
@@ -379,11 +417,25 @@ fn write_reconstructions(model: &AnyModel, test: &Dataset, binarize: bool, n: us
         rows.push(as_images(&x.narrow(0, s, k)?, shape)?);
         rows.push(as_images(&r.narrow(0, s, k)?, shape)?);
     }
-    umbra_data::grid::save_strip_tensors(path, &rows, umbra_data::grid::auto_upscale(shape[1]), 2, Some("inputs (odd rows) / reconstructions (even rows)"))?;
+    umbra_data::grid::save_strip_tensors(
+        path,
+        &rows,
+        umbra_data::grid::auto_upscale(shape[1]),
+        2,
+        Some("inputs (odd rows) / reconstructions (even rows)"),
+    )?;
     Ok(path.to_path_buf())
 }
 
-fn write_interpolation(model: &AnyModel, test: &Dataset, binarize: bool, pairs: usize, steps: usize, seed: u64, path: &Path) -> anyhow::Result<PathBuf> {
+fn write_interpolation(
+    model: &AnyModel,
+    test: &Dataset,
+    binarize: bool,
+    pairs: usize,
+    steps: usize,
+    seed: u64,
+    path: &Path,
+) -> anyhow::Result<PathBuf> {
     let shape = [test.channels, test.height, test.width];
     let steps = steps.max(2);
     let mut rows = Vec::new();
@@ -403,24 +455,47 @@ fn write_interpolation(model: &AnyModel, test: &Dataset, binarize: bool, pairs: 
         let dec = model.decode_mean(&Tensor::cat(&line, 0)?)?;
         rows.push(as_images(&Tensor::cat(&[xa, dec, xb], 0)?, shape)?);
     }
-    umbra_data::grid::save_strip_tensors(path, &rows, umbra_data::grid::auto_upscale(shape[1]), 2, Some("input A | decoded line from z_A to z_B | input B"))?;
+    umbra_data::grid::save_strip_tensors(
+        path,
+        &rows,
+        umbra_data::grid::auto_upscale(shape[1]),
+        2,
+        Some("input A | decoded line from z_A to z_B | input B"),
+    )?;
     Ok(path.to_path_buf())
 }
 
 /// Standard-normal quantile (Acklam's rational approximation, |error| < 1.2e-9).
 fn normal_quantile(p: f64) -> f64 {
-    let a = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.383577518672690e2, -3.066479806614716e1, 2.506628277459239];
-    let b = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
-    let c = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
+    let a = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    let b =
+        [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
+    let c = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
     let d = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
     let pl = 0.02425;
     if p < pl {
         let q = (-2.0 * p.ln()).sqrt();
-        (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
+        (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5])
+            / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
     } else if p <= 1.0 - pl {
         let q = p - 0.5;
         let r = q * q;
-        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q
+            / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
     } else {
         -normal_quantile(1.0 - p)
     }
@@ -428,7 +503,13 @@ fn normal_quantile(p: f64) -> f64 {
 
 /// For a 2-D latent: test-set posterior means coloured by label, and the decoded manifold on a
 /// grid of standard-normal quantiles.
-fn write_latent_figures(model: &AnyModel, test: &Dataset, binarize: bool, shape: [usize; 3], out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+fn write_latent_figures(
+    model: &AnyModel,
+    test: &Dataset,
+    binarize: bool,
+    shape: [usize; 3],
+    out: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
     let n = test.len().min(2000);
     let x = test_images(test, n, binarize, 0)?;
     let z = model.encode_mean(&x)?.to_vec2::<f32>()?;
@@ -452,7 +533,8 @@ fn write_latent_figures(model: &AnyModel, test: &Dataset, binarize: bool, shape:
     }
     let dec = model.decode_mean(&Tensor::from_vec(zs, (g * g, 2), &Device::Cpu)?)?;
     let manifold = out.join("manifold.png");
-    let opts = GridOptions::new(g, umbra_data::grid::auto_upscale(shape[1]), 1).caption("decoded manifold: z on a grid of N(0,1) quantiles");
+    let opts = GridOptions::new(g, umbra_data::grid::auto_upscale(shape[1]), 1)
+        .caption("decoded manifold: z on a grid of N(0,1) quantiles");
     umbra_data::save_grid_tensor(&manifold, &as_images(&dec, shape)?, &opts)?;
     Ok(vec![scatter, manifold])
 }
@@ -582,7 +664,8 @@ mod quickstart_tests {
         let files = super::quickstart_digits(&out, 0).unwrap();
         eprintln!("quickstart VAE: {:.1} s, files {files:?}", t0.elapsed().as_secs_f64());
         assert!(t0.elapsed().as_secs_f64() < 75.0);
-        for name in ["samples.png", "reconstructions.png", "interpolation.png", "curves.png", "checkpoint.safetensors"] {
+        for name in ["samples.png", "reconstructions.png", "interpolation.png", "curves.png", "checkpoint.safetensors"]
+        {
             assert!(files.iter().any(|f| f.ends_with(name) && f.is_file()), "missing {name}");
         }
     }

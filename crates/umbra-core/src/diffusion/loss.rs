@@ -17,9 +17,17 @@ use rand_distr::StandardNormal;
 pub fn randn_like<R: Rng + ?Sized>(x: &Tensor, rng: &mut R) -> Result<Tensor> {
     let n = x.elem_count();
     let t = match x.dtype() {
-        DType::F64 => Tensor::from_vec((0..n).map(|_| rng.sample::<f64, _>(StandardNormal)).collect::<Vec<_>>(), x.shape(), x.device())?,
-        _ => Tensor::from_vec((0..n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect::<Vec<_>>(), x.shape(), x.device())?
-            .to_dtype(x.dtype())?,
+        DType::F64 => Tensor::from_vec(
+            (0..n).map(|_| rng.sample::<f64, _>(StandardNormal)).collect::<Vec<_>>(),
+            x.shape(),
+            x.device(),
+        )?,
+        _ => Tensor::from_vec(
+            (0..n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect::<Vec<_>>(),
+            x.shape(),
+            x.device(),
+        )?
+        .to_dtype(x.dtype())?,
     };
     Ok(t)
 }
@@ -67,7 +75,13 @@ pub fn prior_matching(x0: &Tensor, alpha_bar_t: f64) -> Result<Tensor> {
 
 /// Denoising matching KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)) with p_θ's variance set to σ_q²(t):
 /// ‖μ_q(x_t, x_0) − μ_q(x_t, x̂_θ)‖² / (2σ_q²) (Luo eq. 92–99). Needs ᾱ_{t−1} < 1 (t ≥ 2).
-pub fn denoising_matching(x0: &Tensor, x_t: &Tensor, x0_hat: &Tensor, alpha_bar_t: f64, alpha_bar_prev: f64) -> Result<Tensor> {
+pub fn denoising_matching(
+    x0: &Tensor,
+    x_t: &Tensor,
+    x0_hat: &Tensor,
+    alpha_bar_t: f64,
+    alpha_bar_prev: f64,
+) -> Result<Tensor> {
     if alpha_bar_prev >= 1.0 {
         return Err(DiffusionError::Invalid(
             "denoising_matching is defined for t ≥ 2; the first step is the reconstruction term".into(),

@@ -262,9 +262,7 @@ impl ContinuousSchedule {
                 let f = |u: f64| ((u + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2);
                 (f(t) / f(0.0)).clamp(1e-12, 1.0)
             }
-            Self::LinearBeta { beta_min, beta_max } => {
-                (-beta_min * t - 0.5 * (beta_max - beta_min) * t * t).exp()
-            }
+            Self::LinearBeta { beta_min, beta_max } => (-beta_min * t - 0.5 * (beta_max - beta_min) * t * t).exp(),
         }
     }
 

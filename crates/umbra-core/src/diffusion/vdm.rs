@@ -39,7 +39,14 @@ pub struct MonotoneGamma {
 
 impl MonotoneGamma {
     /// A network with `hidden` features (VDM uses 1024), endpoints γ_min < γ_max, seeded init.
-    pub fn new(hidden: usize, gamma_min: f64, gamma_max: f64, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        hidden: usize,
+        gamma_min: f64,
+        gamma_max: f64,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         // Written so that NaN endpoints are rejected too.
         if gamma_min.partial_cmp(&gamma_max) != Some(std::cmp::Ordering::Less) || hidden == 0 {
             return Err(super::DiffusionError::Invalid(format!(

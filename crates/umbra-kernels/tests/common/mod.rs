@@ -63,8 +63,15 @@ where
 }
 
 /// Checks the fast gradients against central finite differences at `probes` coordinates per input.
-pub fn check_finite_differences<F>(name: &str, inputs: &[Tensor], fast: F, eps: f32, atol: f32, rtol: f32, probes: usize)
-where
+pub fn check_finite_differences<F>(
+    name: &str,
+    inputs: &[Tensor],
+    fast: F,
+    eps: f32,
+    atol: f32,
+    rtol: f32,
+    probes: usize,
+) where
     F: Fn(&[Tensor]) -> Result<Tensor>,
 {
     let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();

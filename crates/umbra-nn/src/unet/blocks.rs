@@ -49,7 +49,8 @@ impl ResnetBlock2D {
         };
         let norm2 = GroupNorm::new(vb.pp("norm2"), cfg.groups, cout, cfg.eps)?;
         let conv2 = Conv2d::new(vb.pp("conv2"), cout, cout, 3, 1, 1)?;
-        let conv_shortcut = if cin != cout { Some(Conv2d::new(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None };
+        let conv_shortcut =
+            if cin != cout { Some(Conv2d::new(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None };
         Ok(Self { norm1, conv1, time_emb_proj, norm2, conv2, conv_shortcut, cfg })
     }
 
@@ -188,7 +189,12 @@ impl DownBlock {
         Ok(Self { resnets, attentions, downsampler })
     }
 
-    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>, context: Option<&Tensor>) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: Option<&Tensor>,
+        context: Option<&Tensor>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut h = x.clone();
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
@@ -240,7 +246,11 @@ impl UpBlock {
                 attentions.push(Transformer2DModel::new(vb.pp("attentions").pp(j), out_channels, a)?);
             }
         }
-        let upsampler = if add_upsample { Some(Upsample2D::new(vb.pp("upsamplers").pp(0), out_channels, out_channels)?) } else { None };
+        let upsampler = if add_upsample {
+            Some(Upsample2D::new(vb.pp("upsamplers").pp(0), out_channels, out_channels)?)
+        } else {
+            None
+        };
         Ok(Self { resnets, attentions, upsampler })
     }
 
@@ -277,7 +287,13 @@ pub struct MidBlockCrossAttn {
 }
 
 impl MidBlockCrossAttn {
-    pub fn new(vb: VarBuilder, channels: usize, num_layers: usize, resnet: ResnetConfig, attn: Transformer2DConfig) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        num_layers: usize,
+        resnet: ResnetConfig,
+        attn: Transformer2DConfig,
+    ) -> Result<Self> {
         let rc = ResnetConfig { in_channels: channels, out_channels: channels, ..resnet };
         let mut resnets = vec![ResnetBlock2D::new(vb.pp("resnets").pp(0), rc)?];
         let mut attentions = Vec::new();

@@ -9,13 +9,18 @@ use candle_nn::{Embedding, Linear, VarBuilder};
 /// `freq_k = exp(-ln(max_period) · k / (half − freq_shift))`, `emb = [sin(t·freq), cos(t·freq)]`
 /// (`[cos, sin]` when `flip_sin_to_cos`), zero-padded when `dim` is odd.
 /// `t` is `[B]` of any dtype; the result is `[B, dim]` in f32 (cast it to the model dtype afterwards).
-pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, freq_shift: f64, max_period: f64) -> Result<Tensor> {
+pub fn timestep_embedding(
+    t: &Tensor,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+    max_period: f64,
+) -> Result<Tensor> {
     let half = dim / 2;
     let device = t.device();
     let t = t.to_dtype(DType::F32)?;
-    let freqs: Vec<f32> = (0..half)
-        .map(|k| (-(max_period.ln()) * k as f64 / (half as f64 - freq_shift)).exp() as f32)
-        .collect();
+    let freqs: Vec<f32> =
+        (0..half).map(|k| (-(max_period.ln()) * k as f64 / (half as f64 - freq_shift)).exp() as f32).collect();
     let freqs = Tensor::from_vec(freqs, (1, half), device)?;
     let args = t.unsqueeze(1)?.broadcast_mul(&freqs)?;
     let (sin, cos) = (args.sin()?, args.cos()?);
@@ -36,10 +41,7 @@ pub fn timesteps_for_batch(t: &Tensor, batch: usize, device: &Device) -> Result<
         0 => t.reshape(1)?.broadcast_as(batch)?.contiguous(),
         1 if t.dim(0)? == batch => Ok(t),
         1 if t.dim(0)? == 1 => t.broadcast_as(batch)?.contiguous(),
-        _ => candle_core::bail!(
-            "timestep must be a scalar, [1] or [batch = {batch}] tensor, got shape {:?}",
-            t.dims()
-        ),
+        _ => candle_core::bail!("timestep must be a scalar, [1] or [batch = {batch}] tensor, got shape {:?}", t.dims()),
     }
 }
 
@@ -75,7 +77,8 @@ pub struct ClassEmbedding {
 
 impl ClassEmbedding {
     pub fn new(vb: VarBuilder, num_classes: usize, dim: usize) -> Result<Self> {
-        let weight = vb.get_with_hints((num_classes, dim), "weight", candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 })?;
+        let weight =
+            vb.get_with_hints((num_classes, dim), "weight", candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 })?;
         Ok(Self { embedding: Embedding::new(weight, dim), num_classes })
     }
 
@@ -84,7 +87,10 @@ impl ClassEmbedding {
         let labels = labels.to_dtype(DType::U32)?;
         let max = labels.max_all()?.to_scalar::<u32>()? as usize;
         if max >= self.num_classes {
-            candle_core::bail!("class label {max} is out of range: the model has num_class_embeds = {}", self.num_classes);
+            candle_core::bail!(
+                "class label {max} is out of range: the model has num_class_embeds = {}",
+                self.num_classes
+            );
         }
         self.embedding.forward(&labels)
     }

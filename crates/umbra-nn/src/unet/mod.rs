@@ -271,7 +271,14 @@ impl Config {
 
     /// An unconditional (or class-conditional with `num_class_embeds`) pixel-space UNet: attention blocks
     /// act as self-attention, so `cross_attention_dim` is set per block to `block_out_channels`.
-    pub fn unconditional(in_channels: usize, block_out_channels: Vec<usize>, down_block_types: Vec<String>, up_block_types: Vec<String>, heads: usize, norm_num_groups: usize) -> Self {
+    pub fn unconditional(
+        in_channels: usize,
+        block_out_channels: Vec<usize>,
+        down_block_types: Vec<String>,
+        up_block_types: Vec<String>,
+        heads: usize,
+        norm_num_groups: usize,
+    ) -> Self {
         Config {
             in_channels,
             out_channels: in_channels,
@@ -298,14 +305,21 @@ impl Config {
             return Err(format!("`block_out_channels` has {} entries but `down_block_types` has {n}", boc.len()));
         }
         if self.up_block_types.len() != n {
-            return Err(format!("`up_block_types` has {} entries but `down_block_types` has {n}", self.up_block_types.len()));
+            return Err(format!(
+                "`up_block_types` has {} entries but `down_block_types` has {n}",
+                self.up_block_types.len()
+            ));
         }
         let mut down_attn = Vec::new();
         for t in &self.down_block_types {
             down_attn.push(match t.as_str() {
                 "CrossAttnDownBlock2D" => true,
                 "DownBlock2D" => false,
-                o => return Err(format!("`down_block_types`: unsupported block {o:?} (supported: CrossAttnDownBlock2D, DownBlock2D)")),
+                o => {
+                    return Err(format!(
+                        "`down_block_types`: unsupported block {o:?} (supported: CrossAttnDownBlock2D, DownBlock2D)"
+                    ))
+                }
             });
         }
         let mut up_attn = Vec::new();
@@ -313,12 +327,20 @@ impl Config {
             up_attn.push(match t.as_str() {
                 "CrossAttnUpBlock2D" => true,
                 "UpBlock2D" => false,
-                o => return Err(format!("`up_block_types`: unsupported block {o:?} (supported: CrossAttnUpBlock2D, UpBlock2D)")),
+                o => {
+                    return Err(format!(
+                        "`up_block_types`: unsupported block {o:?} (supported: CrossAttnUpBlock2D, UpBlock2D)"
+                    ))
+                }
             });
         }
         match self.mid_block_type.as_deref() {
             Some("UNetMidBlock2DCrossAttn") => {}
-            o => return Err(format!("`mid_block_type`: unsupported value {o:?} (supported: \"UNetMidBlock2DCrossAttn\")")),
+            o => {
+                return Err(format!(
+                    "`mid_block_type`: unsupported value {o:?} (supported: \"UNetMidBlock2DCrossAttn\")"
+                ))
+            }
         }
         let unsupported_some = |name: &str, is_some: bool| -> std::result::Result<(), String> {
             if is_some {
@@ -348,10 +370,16 @@ impl Config {
             return Err(format!("`act_fn` = {:?} is not supported (only \"silu\")", self.act_fn));
         }
         if self.time_embedding_type != "positional" {
-            return Err(format!("`time_embedding_type` = {:?} is not supported (only \"positional\")", self.time_embedding_type));
+            return Err(format!(
+                "`time_embedding_type` = {:?} is not supported (only \"positional\")",
+                self.time_embedding_type
+            ));
         }
         if !matches!(self.resnet_time_scale_shift.as_str(), "default" | "scale_shift") {
-            return Err(format!("`resnet_time_scale_shift` = {:?} is not supported (\"default\" or \"scale_shift\")", self.resnet_time_scale_shift));
+            return Err(format!(
+                "`resnet_time_scale_shift` = {:?} is not supported (\"default\" or \"scale_shift\")",
+                self.resnet_time_scale_shift
+            ));
         }
         if self.attention_type != "default" {
             return Err(format!("`attention_type` = {:?} is not supported (only \"default\")", self.attention_type));
@@ -364,7 +392,10 @@ impl Config {
         }
         for (i, &c) in boc.iter().enumerate() {
             if c % self.norm_num_groups != 0 {
-                return Err(format!("`block_out_channels`[{i}] = {c} is not divisible by `norm_num_groups` = {}", self.norm_num_groups));
+                return Err(format!(
+                    "`block_out_channels`[{i}] = {c} is not divisible by `norm_num_groups` = {}",
+                    self.norm_num_groups
+                ));
             }
         }
         let heads_src = self
@@ -382,15 +413,27 @@ impl Config {
         let transformer_layers = self.transformer_layers_per_block.expand(n, "transformer_layers_per_block")?;
         let reverse_transformer_layers = match &self.reverse_transformer_layers_per_block {
             Some(r) if r.len() == n => r.clone(),
-            Some(r) => return Err(format!("`reverse_transformer_layers_per_block` has {} entries, expected {n}", r.len())),
+            Some(r) => {
+                return Err(format!("`reverse_transformer_layers_per_block` has {} entries, expected {n}", r.len()))
+            }
             None => transformer_layers.iter().rev().cloned().collect(),
         };
         let only_cross_attention = match &self.only_cross_attention {
             PerBlockBool::All(b) => vec![*b; n],
             PerBlockBool::List(l) if l.len() == n => l.clone(),
-            PerBlockBool::List(l) => return Err(format!("`only_cross_attention` has {} entries, expected {n}", l.len())),
+            PerBlockBool::List(l) => {
+                return Err(format!("`only_cross_attention` has {} entries, expected {n}", l.len()))
+            }
         };
-        Ok(ResolvedBlocks { heads, cross_attention_dim, transformer_layers, reverse_transformer_layers, only_cross_attention, down_attn, up_attn })
+        Ok(ResolvedBlocks {
+            heads,
+            cross_attention_dim,
+            transformer_layers,
+            reverse_transformer_layers,
+            only_cross_attention,
+            down_attn,
+            up_attn,
+        })
     }
 
     /// Like [`Config::resolve`], discarding the result.
@@ -426,7 +469,8 @@ impl UNet2DConditionModel {
         let boc = &cfg.block_out_channels;
         let n = boc.len();
         let time_embed_dim = cfg.time_embedding_dim.unwrap_or(boc[0] * 4);
-        let conv_in = Conv2d::new(vb.pp("conv_in"), cfg.in_channels, boc[0], cfg.conv_in_kernel, 1, cfg.conv_in_kernel / 2)?;
+        let conv_in =
+            Conv2d::new(vb.pp("conv_in"), cfg.in_channels, boc[0], cfg.conv_in_kernel, 1, cfg.conv_in_kernel / 2)?;
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), boc[0], time_embed_dim)?;
         let class_embedding = match cfg.num_class_embeds {
             Some(k) => Some(ClassEmbedding::new(vb.pp("class_embedding"), k, time_embed_dim)?),
@@ -456,7 +500,8 @@ impl UNet2DConditionModel {
         for (i, &oc) in boc.iter().enumerate() {
             let input_channel = output_channel;
             output_channel = oc;
-            let attn = r.down_attn[i].then(|| attn_cfg(i, r.transformer_layers[i], r.cross_attention_dim[i], r.only_cross_attention[i]));
+            let attn = r.down_attn[i]
+                .then(|| attn_cfg(i, r.transformer_layers[i], r.cross_attention_dim[i], r.only_cross_attention[i]));
             down_blocks.push(DownBlock::new(
                 vb.pp("down_blocks").pp(i),
                 input_channel,
@@ -502,13 +547,28 @@ impl UNet2DConditionModel {
             )?);
         }
         let conv_norm_out = GroupNorm::new(vb.pp("conv_norm_out"), cfg.norm_num_groups, boc[0], cfg.norm_eps)?;
-        let conv_out = Conv2d::new(vb.pp("conv_out"), boc[0], cfg.out_channels, cfg.conv_out_kernel, 1, cfg.conv_out_kernel / 2)?;
-        Ok(Self { conv_in, time_embedding, class_embedding, down_blocks, mid_block, up_blocks, conv_norm_out, conv_out, config: cfg.clone() })
+        let conv_out =
+            Conv2d::new(vb.pp("conv_out"), boc[0], cfg.out_channels, cfg.conv_out_kernel, 1, cfg.conv_out_kernel / 2)?;
+        Ok(Self {
+            conv_in,
+            time_embedding,
+            class_embedding,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out,
+            conv_out,
+            config: cfg.clone(),
+        })
     }
 
     /// Loads a diffusers `unet/` folder: `config.json` + `diffusion_pytorch_model.safetensors`
     /// (memory-mapped). Every key is checked: missing, unexpected and mis-shaped tensors are listed in the error.
-    pub fn from_diffusers_dir(dir: impl AsRef<Path>, device: &Device, dtype: DType) -> std::result::Result<Self, LoadError> {
+    pub fn from_diffusers_dir(
+        dir: impl AsRef<Path>,
+        device: &Device,
+        dtype: DType,
+    ) -> std::result::Result<Self, LoadError> {
         let dir = dir.as_ref();
         let cfg = weights::read_config::<Config>(&dir.join("config.json"))?;
         cfg.validate().map_err(|e| LoadError::Config { path: dir.join("config.json"), msg: e })?;
@@ -520,10 +580,19 @@ impl UNet2DConditionModel {
     /// `[1]` or `[B]` tensor of any numeric dtype), conditioned on `encoder_hidden_states: [B, M,
     /// cross_attention_dim]` (or `None`: attention layers act as self-attention) and `class_labels: [B]`
     /// (required iff `num_class_embeds` is set). Returns `[B, out_channels, H, W]`.
-    pub fn forward(&self, sample: &Tensor, timestep: &Tensor, encoder_hidden_states: Option<&Tensor>, class_labels: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: Option<&Tensor>,
+        class_labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, c, h, w) = sample.dims4()?;
         if c != self.config.in_channels {
-            candle_core::bail!("UNet input has {c} channels but the model's in_channels is {}", self.config.in_channels);
+            candle_core::bail!(
+                "UNet input has {c} channels but the model's in_channels is {}",
+                self.config.in_channels
+            );
         }
         if let Some(e) = encoder_hidden_states {
             if e.rank() != 3 || e.dim(0)? != b {
@@ -538,7 +607,9 @@ impl UNet2DConditionModel {
 
         // 1. time (+ class) embedding, computed in f32 and cast to the model dtype
         let t = embeddings::timesteps_for_batch(timestep, b, sample.device())?;
-        let t_emb = embeddings::timestep_embedding(&t, boc0, self.config.flip_sin_to_cos, self.config.freq_shift, 10000.0)?.to_dtype(dtype)?;
+        let t_emb =
+            embeddings::timestep_embedding(&t, boc0, self.config.flip_sin_to_cos, self.config.freq_shift, 10000.0)?
+                .to_dtype(dtype)?;
         let mut emb = self.time_embedding.forward(&t_emb)?;
         match (&self.class_embedding, class_labels) {
             (Some(ce), Some(labels)) => {
@@ -547,8 +618,12 @@ impl UNet2DConditionModel {
                 }
                 emb = (emb + ce.forward(&labels.to_device(sample.device())?)?.to_dtype(dtype)?)?;
             }
-            (Some(_), None) => candle_core::bail!("this UNet is class-conditional (num_class_embeds is set): pass class_labels"),
-            (None, Some(_)) => candle_core::bail!("class_labels were given but the UNet has no class embedding (num_class_embeds is null)"),
+            (Some(_), None) => {
+                candle_core::bail!("this UNet is class-conditional (num_class_embeds is set): pass class_labels")
+            }
+            (None, Some(_)) => candle_core::bail!(
+                "class_labels were given but the UNet has no class embedding (num_class_embeds is null)"
+            ),
             (None, None) => {}
         }
 

@@ -54,9 +54,7 @@ impl Attention {
     /// `[B, N, C] -> [B·heads, N, dim_head]`.
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
-        x.reshape((b, n, self.heads, self.dim_head))?
-            .transpose(1, 2)?
-            .reshape((b * self.heads, n, self.dim_head))
+        x.reshape((b, n, self.heads, self.dim_head))?.transpose(1, 2)?.reshape((b * self.heads, n, self.dim_head))
     }
 
     /// `x: [B, N, query_dim]`, `context: [B, M, context_dim]` (or `None`: keys/values from `x`).
@@ -85,15 +83,22 @@ impl Attention {
         let scale = 1.0 / (self.dim_head as f64).sqrt();
         let dtype = q.dtype();
         let out = if self.upcast && dtype != DType::F32 && dtype != DType::F64 {
-            umbra_kernels::attention(&q.to_dtype(DType::F32)?, &k.to_dtype(DType::F32)?, &v.to_dtype(DType::F32)?, scale, None)?
-                .to_dtype(dtype)?
+            umbra_kernels::attention(
+                &q.to_dtype(DType::F32)?,
+                &k.to_dtype(DType::F32)?,
+                &v.to_dtype(DType::F32)?,
+                scale,
+                None,
+            )?
+            .to_dtype(dtype)?
         } else {
             umbra_kernels::attention(&q, &k, &v, scale, None)?
         };
-        let out = out
-            .reshape((b, self.heads, n, self.dim_head))?
-            .transpose(1, 2)?
-            .reshape((b, n, self.heads * self.dim_head))?;
+        let out = out.reshape((b, self.heads, n, self.dim_head))?.transpose(1, 2)?.reshape((
+            b,
+            n,
+            self.heads * self.dim_head,
+        ))?;
         self.to_out.forward(&out)
     }
 }
@@ -151,7 +156,8 @@ impl BasicTransformerBlock {
         let attn1_ctx = if only_cross_attention { Some(cross_attention_dim) } else { None };
         let attn1 = Attention::new(vb.pp("attn1"), dim, attn1_ctx, heads, dim_head, false, upcast_attention)?;
         let norm2 = LayerNorm::new(vb.pp("norm2"), dim, 1e-5)?;
-        let attn2 = Attention::new(vb.pp("attn2"), dim, Some(cross_attention_dim), heads, dim_head, false, upcast_attention)?;
+        let attn2 =
+            Attention::new(vb.pp("attn2"), dim, Some(cross_attention_dim), heads, dim_head, false, upcast_attention)?;
         let norm3 = LayerNorm::new(vb.pp("norm3"), dim, 1e-5)?;
         let ff = FeedForward::new(vb.pp("ff"), dim, 4)?;
         Ok(Self { norm1, attn1, norm2, attn2, norm3, ff, only_cross_attention })
@@ -244,7 +250,9 @@ impl Transformer2DModel {
             hs = block.forward(&hs, context)?;
         }
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&hs.reshape((b, h, w, self.inner_dim))?.permute((0, 3, 1, 2))?.contiguous()?)?,
+            Projection::Conv(conv) => {
+                conv.forward(&hs.reshape((b, h, w, self.inner_dim))?.permute((0, 3, 1, 2))?.contiguous()?)?
+            }
             Projection::Linear(lin) => lin.forward(&hs)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?,
         };
         out + x

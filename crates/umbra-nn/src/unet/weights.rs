@@ -84,7 +84,9 @@ pub fn variant_file(dir: &Path, stem: &str) -> Option<PathBuf> {
         .map(|e| e.path())
         .filter(|p| {
             p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".safetensors")).is_some_and(|v| !v.is_empty() && !v.contains('.'))
+                n.strip_prefix(&prefix)
+                    .and_then(|r| r.strip_suffix(".safetensors"))
+                    .is_some_and(|v| !v.is_empty() && !v.contains('.'))
             })
         })
         .collect();
@@ -181,7 +183,11 @@ pub(crate) fn build_checked<T>(
 ) -> candle_core::Result<Result<T, String>> {
     let keys = src.keys();
     let record = Arc::new(Mutex::new(Record::default()));
-    let vb = VarBuilder::from_backend(Box::new(CheckingBackend { src, noun, record: record.clone() }), dtype, device.clone());
+    let vb = VarBuilder::from_backend(
+        Box::new(CheckingBackend { src, noun, record: record.clone() }),
+        dtype,
+        device.clone(),
+    );
     let model = build(vb)?;
     let rec = record.lock().expect("record lock");
     let unexpected: Vec<String> =
@@ -255,11 +261,13 @@ pub fn load_checked_renamed<T>(
     build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
 ) -> Result<T, LoadError> {
     let shown = files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-    let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|source| LoadError::Candle { what: format!("{what}: reading {shown}"), source })?;
+    let st = unsafe { MmapedSafetensors::multi(files) }
+        .map_err(|source| LoadError::Candle { what: format!("{what}: reading {shown}"), source })?;
     let file_keys: BTreeSet<String> = st.tensors().into_iter().map(|(k, _)| k).collect();
     let keys: Vec<(String, String)> = file_keys.into_iter().map(|k| (rename(&k), k)).collect();
     let alias = keys.iter().filter(|(n, k)| n != k).cloned().collect();
-    let hint = "Check that config.json belongs to these weights (block_out_channels, attention heads, layers_per_block, ...).";
+    let hint =
+        "Check that config.json belongs to these weights (block_out_channels, attention heads, layers_per_block, ...).";
     match build_checked(AliasedFiles { st, keys, alias }, dtype, device, |_| false, ("file", hint), build) {
         Ok(Ok(model)) => Ok(model),
         Ok(Err(report)) => Err(LoadError::Mismatch { what: what.to_string(), path: PathBuf::from(shown), report }),
@@ -285,7 +293,9 @@ impl SimpleBackend for ShapeOnly {
 }
 
 /// Every parameter `build` requests, by name, with its shape — without allocating any of them.
-pub fn parameter_shapes<T>(build: impl FnOnce(VarBuilder) -> candle_core::Result<T>) -> candle_core::Result<BTreeMap<String, Vec<usize>>> {
+pub fn parameter_shapes<T>(
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
+) -> candle_core::Result<BTreeMap<String, Vec<usize>>> {
     let map = Arc::new(Mutex::new(BTreeMap::new()));
     let vb = VarBuilder::from_backend(Box::new(ShapeOnly(map.clone())), DType::F32, Device::Cpu);
     build(vb)?;

@@ -4,7 +4,10 @@
 use candle_core::Tensor;
 use umbra_nn::checkpoint::StableDiffusion;
 
-use super::{denoiser, encode_image, initial_noise, run_and_decode, validate, Generation, GenerationParams, PipelineError, Result};
+use super::{
+    denoiser, encode_image, initial_noise, run_and_decode, validate, Generation, GenerationParams, PipelineError,
+    Result,
+};
 use crate::SchedulerConfig;
 
 /// The first step that runs for `strength` (diffusers' convention); errors when no step would run.
@@ -39,7 +42,13 @@ pub(crate) fn batch_image(image: &Tensor, p: &GenerationParams) -> Result<Tensor
 
 /// Re-generate `image` (`[1 or B, 3, H, W]`, values in [-1, 1]) guided by `p.prompt`; `strength` ∈ (0, 1]
 /// is how much of the noise schedule is re-run (1: ignore the image's content entirely).
-pub fn img2img(sd: &StableDiffusion, sched: &SchedulerConfig, p: &GenerationParams, image: &Tensor, strength: f64) -> Result<Generation> {
+pub fn img2img(
+    sd: &StableDiffusion,
+    sched: &SchedulerConfig,
+    p: &GenerationParams,
+    image: &Tensor,
+    strength: f64,
+) -> Result<Generation> {
     let shape = validate(sd, p)?;
     let start = start_step(p.steps, strength)?;
     let dev = sd.text_encoder.device().clone();

@@ -9,7 +9,10 @@ use candle_core::{DType, Tensor};
 use umbra_nn::checkpoint::StableDiffusion;
 
 use super::img2img::{batch_image, start_step};
-use super::{denoiser, encode_image, initial_noise, run_and_decode, validate, Generation, GenerationParams, PipelineError, Result};
+use super::{
+    denoiser, encode_image, initial_noise, run_and_decode, validate, Generation, GenerationParams, PipelineError,
+    Result,
+};
 use crate::solvers::StepEvent;
 use crate::SchedulerConfig;
 
@@ -26,7 +29,12 @@ pub fn latent_mask(mask: &Tensor, batch: usize, f: usize) -> Result<(Tensor, Ten
         b if b == batch => m,
         b => return Err(PipelineError::Invalid(format!("{b} masks for a batch of {batch}"))),
     };
-    let small = m.reshape((batch, 1, h / f, f, w / f, f))?.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((batch, 1, h / f, w / f))?;
+    let small = m.reshape((batch, 1, h / f, f, w / f, f))?.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((
+        batch,
+        1,
+        h / f,
+        w / f,
+    ))?;
     Ok((m, small))
 }
 

@@ -36,7 +36,8 @@ pub fn write_png_with_text(path: &Path, width: u32, height: u32, rgb: &[u8], tex
 
 /// The text chunks of a PNG file (tEXt and iTXt), in file order.
 pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>> {
-    let file = std::fs::File::open(path).map_err(|e| PipelineError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| PipelineError::Invalid(format!("cannot read {}: {e}", path.display())))?;
     let dec = png::Decoder::new(std::io::BufReader::new(file));
     let reader = dec.read_info().map_err(|e| PipelineError::Invalid(format!("{}: {e}", path.display())))?;
     let info = reader.info();

@@ -61,9 +61,8 @@ impl Ddim {
         let dir = eps.affine((1.0 - ab_prev - std * std).max(0.0).sqrt(), 0.0)?;
         let mut prev = (x0.affine(ab_prev.sqrt(), 0.0)? + dir)?;
         if self.eta > 0.0 {
-            let z = noise.ok_or_else(|| {
-                crate::error::SampleError::Invalid("DDIM with eta > 0 needs a noise tensor".into())
-            })?;
+            let z = noise
+                .ok_or_else(|| crate::error::SampleError::Invalid("DDIM with eta > 0 needs a noise tensor".into()))?;
             prev = (prev + z.affine(std, 0.0)?)?;
         }
         Ok((prev, x0))

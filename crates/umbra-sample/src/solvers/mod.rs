@@ -151,11 +151,7 @@ impl std::fmt::Display for SolverKind {
 impl FromStr for SolverKind {
     type Err = SampleError;
     fn from_str(s: &str) -> Result<Self> {
-        let key: String = s
-            .chars()
-            .filter(|c| !matches!(c, ' ' | '-' | '_'))
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let key: String = s.chars().filter(|c| !matches!(c, ' ' | '-' | '_')).collect::<String>().to_ascii_lowercase();
         Ok(match key.as_str() {
             "ddim" => Self::Ddim,
             "ddpm" | "ancestral" => Self::Ddpm,
@@ -166,9 +162,7 @@ impl FromStr for SolverKind {
             "dpm++2mkarras" | "dpmpp2mkarras" => Self::DpmPP2MKarras,
             "langevin" | "annealedlangevin" => Self::Langevin,
             "pc" | "predictorcorrector" => Self::PredictorCorrector,
-            _ => {
-                return Err(SampleError::UnknownSolver { name: s.to_string(), valid: Self::valid_names() })
-            }
+            _ => return Err(SampleError::UnknownSolver { name: s.to_string(), valid: Self::valid_names() }),
         })
     }
 }
@@ -371,18 +365,14 @@ impl DiscreteCore {
                 let ratio = tn as f64 / steps as f64;
                 arange_desc(tn as f64, ratio).into_iter().map(|v| np_round(v) as i64 - 1).collect()
             }
-            TimestepSpacing::Linspace => linspace(0.0, (tn - 1) as f64, steps)
-                .into_iter()
-                .rev()
-                .map(|v| np_round(v) as i64)
-                .collect(),
+            TimestepSpacing::Linspace => {
+                linspace(0.0, (tn - 1) as f64, steps).into_iter().rev().map(|v| np_round(v) as i64).collect()
+            }
         };
         ts.into_iter()
             .map(|t| {
                 if t < 0 || t as usize >= tn {
-                    Err(SampleError::Invalid(format!(
-                        "timestep {t} out of range 0..{tn}; lower steps_offset or steps"
-                    )))
+                    Err(SampleError::Invalid(format!("timestep {t} out of range 0..{tn}; lower steps_offset or steps")))
                 } else {
                     Ok(t as usize)
                 }

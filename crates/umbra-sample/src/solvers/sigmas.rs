@@ -75,7 +75,9 @@ macro_rules! sigma_space_solver {
 
             fn run(&self, model: &dyn Denoiser, x: Tensor, ctx: &mut RunCtx) -> Result<Tensor> {
                 let plan = self.plan(ctx.steps)?;
-                $crate::solvers::sigmas::run_sigma_loop(&self.core, plan, model, x, ctx, |st, ctx| self.update(model, st, ctx))
+                $crate::solvers::sigmas::run_sigma_loop(&self.core, plan, model, x, ctx, |st, ctx| {
+                    self.update(model, st, ctx)
+                })
             }
         }
     };

@@ -12,7 +12,8 @@ use umbra_core::mixture::GaussianMixture;
 
 const FWD: RGBColor = RGBColor(31, 119, 180);
 /// Reverse-KL optima, best first.
-const REV: [RGBColor; 4] = [RGBColor(214, 39, 40), RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+const REV: [RGBColor; 4] =
+    [RGBColor(214, 39, 40), RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
 
 fn pe<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting failed: {e}")
@@ -101,10 +102,7 @@ fn draw_1d<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, p: &GaussianMixtur
         .label("target p (mixture)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(3)));
 
-    let label_fwd = format!(
-        "q_forward = argmin KL(p||q): KL(p||q)={}, KL(q||p)={}",
-        lab.kl_p_fwd, lab.kl_fwd_p
-    );
+    let label_fwd = format!("q_forward = argmin KL(p||q): KL(p||q)={}, KL(q||p)={}", lab.kl_p_fwd, lab.kl_fwd_p);
     chart
         .draw_series(LineSeries::new(xs.iter().map(|&x| (x, gauss_pdf_1d(f, x))), FWD.stroke_width(3)))
         .map_err(pe)?
@@ -196,7 +194,8 @@ impl View2d {
         let n = 180;
         let gx = |i: usize| x.0 + (x.1 - x.0) * i as f64 / n as f64;
         let gy = |j: usize| y.0 + (y.1 - y.0) * j as f64 / n as f64;
-        let grid: Vec<Vec<f64>> = (0..=n).map(|j| (0..=n).map(|i| p.log_prob(&[gx(i), gy(j)]).exp()).collect()).collect();
+        let grid: Vec<Vec<f64>> =
+            (0..=n).map(|j| (0..=n).map(|i| p.log_prob(&[gx(i), gy(j)]).exp()).collect()).collect();
         let mut sorted: Vec<f64> = grid.iter().flatten().copied().collect();
         sorted.sort_by(|a, b| b.total_cmp(a));
         let total: f64 = sorted.iter().sum();
@@ -221,7 +220,12 @@ impl View2d {
 
 /// Iso-line segments {v = level} of a grid `v[j][i]` at (gx(i), gy(j)) by marching squares
 /// (saddle cells resolved by the cell-center average).
-fn marching_squares(v: &[Vec<f64>], level: f64, gx: &dyn Fn(usize) -> f64, gy: &dyn Fn(usize) -> f64) -> Vec<[(f64, f64); 2]> {
+fn marching_squares(
+    v: &[Vec<f64>],
+    level: f64,
+    gx: &dyn Fn(usize) -> f64,
+    gy: &dyn Fn(usize) -> f64,
+) -> Vec<[(f64, f64); 2]> {
     let mut segs = Vec::new();
     let ny = v.len() - 1;
     let nx = v[0].len() - 1;
@@ -325,9 +329,7 @@ fn draw_2d<DB: DrawingBackend>(
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
         chart.draw_series(DashedLineSeries::new(ellipse(g, 2.0), 9, 6, color.stroke_width(2))).map_err(pe)?;
-        chart
-            .draw_series(std::iter::once(Circle::new((g.mean()[0], g.mean()[1]), 5, color.filled())))
-            .map_err(pe)?;
+        chart.draw_series(std::iter::once(Circle::new((g.mean()[0], g.mean()[1]), 5, color.filled()))).map_err(pe)?;
         Ok(())
     };
     draw_fit(
@@ -339,7 +341,14 @@ fn draw_2d<DB: DrawingBackend>(
         draw_fit(
             &o.q,
             rev_color(k),
-            format!("q_reverse #{} ({}/{} starts): KL(q||p)={}, KL(p||q)={}", k + 1, o.starts.len(), lab.fits.len(), o.kl_q_p, o.kl_p_q),
+            format!(
+                "q_reverse #{} ({}/{} starts): KL(q||p)={}, KL(p||q)={}",
+                k + 1,
+                o.starts.len(),
+                lab.fits.len(),
+                o.kl_q_p,
+                o.kl_p_q
+            ),
         )?;
     }
     chart

@@ -128,7 +128,8 @@ pub fn run(a: Args) -> Result<()> {
     let targets: Vec<GaussianMixture> = if let Some(t) = &a.target {
         vec![parse_target(t).context("could not read --target (see `umbra kl --help` for the syntax)")?]
     } else if let Some(f) = &a.target_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("could not read --target-file {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("could not read --target-file {}", f.display()))?;
         vec![parse_target_json(&text).with_context(|| format!("bad target in {}", f.display()))?]
     } else {
         builtin_targets()
@@ -220,7 +221,9 @@ fn fmt_gaussian(g: &Gaussian) -> String {
     } else {
         let m: Vec<String> = g.mean().iter().map(|x| format!("{x:.3}")).collect();
         let rows: Vec<String> = (0..d)
-            .map(|i| format!("[{}]", (0..d).map(|j| format!("{:.3}", g.cov()[i * d + j])).collect::<Vec<_>>().join(",")))
+            .map(|i| {
+                format!("[{}]", (0..d).map(|j| format!("{:.3}", g.cov()[i * d + j])).collect::<Vec<_>>().join(","))
+            })
             .collect();
         format!("N([{}], [{}])", m.join(","), rows.join(","))
     }
@@ -256,7 +259,8 @@ fn report(p: &GaussianMixture, lab: &LabResult, cfg: &LabConfig, secs: f64) -> S
     let _ = writeln!(s, "divergences in nats ({method}):");
     let _ = writeln!(s, "  {:<22} {:>20} {:>20}", "", "KL(p‖q)", "KL(q‖p)");
     let _ = writeln!(s, "  {:<22} {:>20} {:>20}", "q_forward", lab.kl_p_fwd.to_string(), lab.kl_fwd_p.to_string());
-    let _ = writeln!(s, "  {:<22} {:>20} {:>20}", "q_reverse (best, #1)", best.kl_p_q.to_string(), best.kl_q_p.to_string());
+    let _ =
+        writeln!(s, "  {:<22} {:>20} {:>20}", "q_reverse (best, #1)", best.kl_p_q.to_string(), best.kl_q_p.to_string());
     let _ = writeln!(s, "  ({secs:.2} s)");
     s
 }
@@ -312,7 +316,8 @@ mod tests {
         let svg = std::fs::read_to_string(dir.join("kl_2d.svg")).unwrap();
         assert!(svg.contains("q_forward") && svg.contains("q_reverse #1"), "legend text in the SVG");
 
-        let js: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        let js: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
         let targets = js["targets"].as_array().unwrap();
         assert_eq!(targets.len(), 2);
         for t in targets {
@@ -342,6 +347,9 @@ mod tests {
         let a = Cli::parse_from(["x", "--target", "N(0,1) + N(0 1)"]).a;
         let err = run(a).unwrap_err();
         let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
-        assert!(chain[1].contains("column 14") && chain[1].ends_with("\n  N(0,1) + N(0 1)\n               ^"), "{chain:?}");
+        assert!(
+            chain[1].contains("column 14") && chain[1].ends_with("\n  N(0,1) + N(0 1)\n               ^"),
+            "{chain:?}"
+        );
     }
 }

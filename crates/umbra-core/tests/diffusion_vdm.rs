@@ -72,3 +72,26 @@ fn the_schedule_trains_by_gradient_descent_and_stays_monotone() {
     let v: Vec<f64> = g.gamma(&grid(201)).unwrap().to_vec1().unwrap();
     assert!(v.windows(2).all(|w| w[1] > w[0]));
 }
+
+#[test]
+fn discrete_materialisation_round_trips_through_betas() {
+    use umbra_core::diffusion::vdm::betas_from_alpha_bars;
+    use umbra_core::diffusion::NoiseSchedule;
+    let g = MonotoneGamma::new(16, -9.0, 10.0, 5, DType::F64, &Device::Cpu).unwrap();
+    let ab = g.discrete_alpha_bars(100).unwrap();
+    // ᾱ_{T−1} = sigmoid(−γ(1)) = sigmoid(−γ_max); ᾱ decreasing.
+    assert!((ab[99] - 1.0 / (1.0 + 10f64.exp())).abs() < 1e-12);
+    assert!(ab.windows(2).all(|w| w[1] < w[0]));
+    let s = NoiseSchedule::from_betas(betas_from_alpha_bars(&ab)).unwrap();
+    for (i, a) in ab.iter().enumerate() {
+        assert!((s.alpha_bar(i) / a - 1.0).abs() < 1e-10, "ᾱ_{i}: {} vs {a}", s.alpha_bar(i));
+    }
+    // Saving and loading the parameters reproduces γ exactly.
+    let other = MonotoneGamma::new(16, -9.0, 10.0, 99, DType::F64, &Device::Cpu).unwrap();
+    other.load(&g.tensors().unwrap()).unwrap();
+    let (a, b): (Vec<f64>, Vec<f64>) =
+        (g.gamma(&grid(33)).unwrap().to_vec1().unwrap(), other.gamma(&grid(33)).unwrap().to_vec1().unwrap());
+    assert_eq!(a, b);
+    let wrong = MonotoneGamma::new(8, -9.0, 10.0, 1, DType::F64, &Device::Cpu).unwrap();
+    assert!(wrong.load(&g.tensors().unwrap()).is_err(), "a different width must be rejected");
+}

@@ -167,7 +167,139 @@ pub struct ClassifierSummary {
     pub checkpoint: PathBuf,
 }
 
-/// Train for `config.steps` steps with AdamW, log `out/metrics.jsonl`, save `out/`, report test accuracy.
+/// A classifier run in progress: model, optimizer (with saveable moments) and step. Every random draw of
+/// step k comes from (seed, k) and the data order from (seed, epoch), so a run resumed from a checkpoint
+/// equals an uninterrupted one.
+pub struct ClassifierTrainer {
+    pub model: TrainedClassifier,
+    pub opt: AdamW,
+    pub step: u64,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: u64,
+    pub device: Device,
+}
+
+impl ClassifierTrainer {
+    /// A fresh classifier initialised from `config.seed`.
+    pub fn new(config: ClassifierTrainConfig, device: &Device) -> Result<Self, TrainError> {
+        if config.batch_size == 0 || !(config.lr > 0.0 && config.lr.is_finite()) {
+            return Err(TrainError::Invalid(format!(
+                "the classifier needs a batch size ≥ 1 and a positive learning rate, got {} and {}",
+                config.batch_size, config.lr
+            )));
+        }
+        let model = TrainedClassifier::new(config, device)?;
+        let opt = AdamW::from_varmap(&model.varmap, AdamWConfig { lr: model.config.lr, ..Default::default() })?;
+        Ok(Self { model, opt, step: 0, checkpoint_every: 500, device: device.clone() })
+    }
+
+    /// Restore weights, optimizer moments and step from `path` (a run folder); `steps`, if given, replaces
+    /// the step budget.
+    pub fn resume(path: &Path, device: &Device, steps: Option<u64>) -> Result<Self, TrainError> {
+        let ck = Checkpoint::load_kind(path, device, &[KIND])?;
+        let mut cfg: ClassifierTrainConfig = ck.config_as()?;
+        if let Some(s) = steps {
+            cfg.steps = s;
+        }
+        let mut t = Self::new(cfg, device)?;
+        load_varmap(&t.model.varmap, &ck.with_prefix("model."))?;
+        let step = ck
+            .state
+            .get("step")
+            .and_then(|s| s.as_u64())
+            .ok_or_else(|| TrainError::Corrupt("classifier state has no `step`".into()))?;
+        let optim = ck.with_prefix("optim.");
+        if optim.is_empty() {
+            return Err(TrainError::Missing(format!(
+                "{} has no optimizer state (written before `--resume` existed); train it again without --resume",
+                path.display()
+            )));
+        }
+        let opt_t = ck.state.get("optimizer_t").and_then(|s| s.as_u64()).unwrap_or(step);
+        t.opt.load_state(&optim, opt_t)?;
+        t.step = step;
+        Ok(t)
+    }
+
+    /// Weights, optimizer moments and state (`step`, `optimizer_t`, `seed`, plus `extra`'s fields).
+    pub fn checkpoint(&self, extra: serde_json::Value) -> Result<Checkpoint, TrainError> {
+        let cfg = serde_json::to_value(&self.model.config).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let mut ck = Checkpoint::new(KIND, cfg);
+        ck.insert_all("model.", varmap_tensors(&self.model.varmap)?);
+        ck.insert_all("optim.", self.opt.state_tensors());
+        let mut state = serde_json::json!({ "step": self.step, "optimizer_t": self.opt.step_count(),
+            "seed": self.model.config.seed });
+        if let (Some(m), serde_json::Value::Object(e)) = (state.as_object_mut(), extra) {
+            m.extend(e);
+        }
+        ck.state = state;
+        Ok(ck)
+    }
+
+    /// Train until `config.steps` (or `stop_at`), logging `out/metrics.jsonl` and writing checkpoints;
+    /// at the end, report the test accuracy and save `out/`.
+    pub fn train(
+        &mut self,
+        train: &Dataset,
+        test: &Dataset,
+        out: &Path,
+        stop_at: Option<u64>,
+        show: bool,
+    ) -> Result<ClassifierSummary, TrainError> {
+        std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+        let mpath = out.join("metrics.jsonl");
+        let mut log =
+            if self.step > 0 { MetricsLogger::resume(&mpath, self.step)? } else { MetricsLogger::create(&mpath)? };
+        let cfg = self.model.config.clone();
+        let batcher = Batcher::new(train.len(), cfg.batch_size.min(train.len().max(1)), cfg.seed).drop_last(true);
+        if batcher.num_batches() == 0 {
+            return Err(TrainError::Invalid("the classifier's training set is empty".into()));
+        }
+        let end = stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
+        let pb = if show { progress::bar(cfg.steps, "classifier") } else { indicatif::ProgressBar::hidden() };
+        pb.set_position(self.step);
+        let t0 = std::time::Instant::now();
+        let (mut win, mut wn) = (0.0, 0usize);
+        for (_e, _k, idx) in batcher.from_step(self.step) {
+            if self.step >= end {
+                break;
+            }
+            let (x, y) = image_batch(train, &idx, &self.device)?;
+            let loss = self.model.loss(&x, &y, self.step)?;
+            let lv = loss.to_scalar::<f32>()? as f64;
+            if !lv.is_finite() {
+                return Err(TrainError::Invalid(format!(
+                    "classifier loss became {lv} at step {}; lower --lr",
+                    self.step
+                )));
+            }
+            self.opt.backward_step(&loss)?;
+            self.step += 1;
+            win += lv;
+            wn += 1;
+            pb.set_position(self.step);
+            if self.step.is_multiple_of(50) || self.step == end {
+                progress::set_terms(&pb, &[("xent".into(), win / wn as f64)]);
+                log.log(&serde_json::json!({"split": "train", "step": self.step, "loss": win / wn as f64,
+                    "seconds": t0.elapsed().as_secs_f64()}))?;
+                win = 0.0;
+                wn = 0;
+            }
+            let ce = self.checkpoint_every;
+            if ce > 0 && self.step.is_multiple_of(ce) && self.step < end {
+                self.checkpoint(serde_json::json!({}))?.save_dir(out)?;
+            }
+        }
+        pb.finish_and_clear();
+        let acc = self.model.accuracy(test, &self.device)?;
+        log.log(&serde_json::json!({"split": "test", "step": self.step, "accuracy": acc}))?;
+        let checkpoint = self.checkpoint(serde_json::json!({ "test_accuracy": acc }))?.save_dir(out)?;
+        Ok(ClassifierSummary { steps: self.step, seconds: t0.elapsed().as_secs_f64(), test_accuracy: acc, checkpoint })
+    }
+}
+
+/// Train for `config.steps` steps with AdamW, log `out/metrics.jsonl`, save `out/` (weights and optimizer
+/// state, so `--resume` can continue it), report test accuracy.
 pub fn train_classifier(
     config: ClassifierTrainConfig,
     train: &Dataset,
@@ -176,38 +308,5 @@ pub fn train_classifier(
     device: &Device,
     show: bool,
 ) -> Result<ClassifierSummary, TrainError> {
-    let c = TrainedClassifier::new(config, device)?;
-    let mut opt = AdamW::from_varmap(&c.varmap, AdamWConfig { lr: c.config.lr, ..Default::default() })?;
-    let mut log = MetricsLogger::create(&out.join("metrics.jsonl"))?;
-    let batcher = Batcher::new(train.len(), c.config.batch_size.min(train.len().max(1)), c.config.seed).drop_last(true);
-    let pb = if show { progress::bar(c.config.steps, "classifier") } else { indicatif::ProgressBar::hidden() };
-    let t0 = std::time::Instant::now();
-    let (mut step, mut win, mut wn) = (0u64, 0.0, 0usize);
-    for (_e, _k, idx) in batcher.from_step(0) {
-        if step >= c.config.steps {
-            break;
-        }
-        let (x, y) = image_batch(train, &idx, device)?;
-        let loss = c.loss(&x, &y, step)?;
-        let lv = loss.to_scalar::<f32>()? as f64;
-        if !lv.is_finite() {
-            return Err(TrainError::Invalid(format!("classifier loss became {lv} at step {step}; lower --lr")));
-        }
-        opt.backward_step(&loss)?;
-        step += 1;
-        win += lv;
-        wn += 1;
-        pb.set_position(step);
-        if step % 50 == 0 || step == c.config.steps {
-            progress::set_terms(&pb, &[("xent".into(), win / wn as f64)]);
-            log.log(&serde_json::json!({"split": "train", "step": step, "loss": win / wn as f64, "seconds": t0.elapsed().as_secs_f64()}))?;
-            win = 0.0;
-            wn = 0;
-        }
-    }
-    pb.finish_and_clear();
-    let acc = c.accuracy(test, device)?;
-    log.log(&serde_json::json!({"split": "test", "step": step, "accuracy": acc}))?;
-    let checkpoint = c.save(out, serde_json::json!({"step": step, "test_accuracy": acc}))?;
-    Ok(ClassifierSummary { steps: step, seconds: t0.elapsed().as_secs_f64(), test_accuracy: acc, checkpoint })
+    ClassifierTrainer::new(config, device)?.train(train, test, out, None, show)
 }

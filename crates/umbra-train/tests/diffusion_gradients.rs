@@ -46,6 +46,8 @@ fn config(net: NetConfig, image_size: Option<usize>, channels: usize, classes: O
         steps: 1,
         checkpoint_every: 0,
         log_every: 1,
+        loss_weight: Default::default(),
+        vdm: None,
     }
 }
 

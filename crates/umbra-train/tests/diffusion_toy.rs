@@ -30,6 +30,8 @@ fn toy_config(dataset: &str, steps: u64, seed: u64) -> DiffusionConfig {
         steps,
         checkpoint_every: 0,
         log_every: 50,
+        loss_weight: Default::default(),
+        vdm: None,
     }
 }
 

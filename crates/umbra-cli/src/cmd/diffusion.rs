@@ -14,9 +14,10 @@ use umbra_nn::toy_mlp::ToyMlpConfig;
 use umbra_sample::guidance::{ClassifierFreeGuidance, ClassifierGuidance};
 use umbra_sample::solvers::{Ddim, StepEvent};
 use umbra_sample::{sample_with_callback, Denoiser, Solver, SolverKind, Timestep};
-use umbra_train::classifier_trainer::{ClassifierTrainConfig, TrainedClassifier};
+use umbra_train::classifier_trainer::{ClassifierTrainConfig, ClassifierTrainer, TrainedClassifier};
 use umbra_train::diffusion_trainer::{
-    crop_images, data_batch, small_unet_config, DiffusionConfig, DiffusionTrainer, LoadedDiffusion, NetConfig,
+    crop_images, data_batch, small_unet_config, DiffusionConfig, DiffusionTrainer, LoadedDiffusion, LossWeight,
+    NetConfig, VdmConfig,
 };
 use umbra_train::sample_metrics::{accuracy, frechet_distance_of_features, median_bandwidth, mmd2_rbf};
 
@@ -28,7 +29,11 @@ use the same UNet2DConditionModel type as Stable Diffusion, configured small (di
 to 32×32: 3 levels). `--classes` adds a class embedding with an extra null class; labels are dropped to it with \
 probability --cond-drop, which enables classifier-free guidance at sampling time. Writes into --out: \
 checkpoint.safetensors (weights, EMA weights, optimizer state; atomic), config.json, scheduler_config.json, \
-metrics.jsonl, curves.png. `--resume` continues a run exactly (same final weights as an uninterrupted run)."
+metrics.jsonl, curves.png. `--resume` continues a run exactly (same final weights as an uninterrupted run).
+
+--loss-weight snr trains with the bound's denoising-matching term in x_0 form, ½(SNR(t−1) − SNR(t)) ‖x̂_θ(x_t,t) − x_0‖² (Luo eq. 108; the network's output is converted to x̂_0 whatever --param is; t = 1 gets the reconstruction weight 1/(2β_1)). The weights span ~9 orders of magnitude, so the loss is divided by the constant w̄·D (mean weight over t times data dimension): it stays at the scale of an x_0 MSE and the default learning rates apply. Expect noisier training than --loss-weight simple (the default, plain MSE).
+
+--vdm trains a continuous-time variational diffusion model (Kingma et al. 2021) with a learned noise schedule: t ~ U(0,1) (antithetic), x_t = √sigmoid(−γ(t)) x_0 + √sigmoid(γ(t)) ε, loss ½ γ'(t)‖ε − ε̂‖² (nats per example); γ(t) = −log SNR(t) is a monotone network with fixed endpoints γ(0) = --gamma-min, γ(1) = --gamma-max (default: those of --schedule), whose interior is trained to minimise the variance of the loss (the VDM trick: ∇ E[L²]). The network's time input is T·t − 1 (T = --timesteps). The learned schedule is stored in the checkpoint (gamma.* tensors), materialised as T discrete steps ᾱ_i = sigmoid(−γ((i+1)/T)) in scheduler_config.json (trained_betas), so `umbra sample diffusion` and `umbra eval diffusion` work unchanged with every solver, and drawn in learned_schedule.png (log-SNR(t) learned vs initial vs --schedule)."
     };
 }
 
@@ -38,7 +43,10 @@ macro_rules! train_ex {
   umbra train diffusion --dataset toy2d:moons --steps 3000 --out runs/diff-moons
   umbra train diffusion --dataset digits --classes --steps 4000 --out runs/diff-digits
   umbra train diffusion --dataset mnist --classes --param eps --schedule linear --steps 20000 --batch 64 --out runs/diff-mnist
-  umbra train diffusion --out runs/diff-mnist --resume --steps 40000"
+  umbra train diffusion --out runs/diff-mnist --resume --steps 40000
+  umbra train diffusion --dataset toy2d:moons --loss-weight snr --param x0 --steps 3000 --out runs/diff-moons-snr
+  umbra train diffusion --dataset toy2d:moons --vdm --steps 3000 --out runs/vdm-moons
+  umbra train diffusion --dataset digits --vdm --classes --steps 4000 --out runs/vdm-digits"
     };
 }
 
@@ -95,6 +103,19 @@ pub struct TrainArgs {
     /// Hidden width of the toy MLP.
     #[arg(long, default_value_t = 128)]
     pub hidden: usize,
+    /// Loss weighting over t: simple (unweighted MSE) | snr (½(SNR(t−1) − SNR(t))‖x̂_0 − x_0‖², Luo eq. 108,
+    /// divided by a constant; see --help).
+    #[arg(long, default_value = "simple")]
+    pub loss_weight: String,
+    /// Continuous-time VDM with a learned noise schedule (Kingma et al. 2021; see --help).
+    #[arg(long)]
+    pub vdm: bool,
+    /// --vdm: γ(0) = −log SNR at t = 0 (default: that of --schedule's first step).
+    #[arg(long, allow_hyphen_values = true)]
+    pub gamma_min: Option<f64>,
+    /// --vdm: γ(1) = −log SNR at t = 1 (default: that of --schedule's last step).
+    #[arg(long, allow_hyphen_values = true)]
+    pub gamma_max: Option<f64>,
 }
 
 fn load(spec: &str, data: Option<&Path>, split: Split) -> anyhow::Result<Dataset> {
@@ -131,7 +152,24 @@ fn build_config(a: &TrainArgs, ds: &Dataset) -> anyhow::Result<DiffusionConfig> 
         let u = small_unet_config(ds.channels, size, classes.map(|k| k + 1));
         (NetConfig::UNet(Box::new(u)), Some(size), ds.channels, Some(1.0))
     };
+    let loss_weight: LossWeight = a.loss_weight.parse().map_err(|e| anyhow::anyhow!("--loss-weight: {e}"))?;
+    if !a.vdm && (a.gamma_min.is_some() || a.gamma_max.is_some()) {
+        bail!("--gamma-min/--gamma-max set the endpoints of the learned schedule: add --vdm");
+    }
+    let vdm = if a.vdm {
+        let base = umbra_train::diffusion_trainer::scheduler_config(&a.schedule, a.timesteps, param, None)?
+            .noise_schedule()
+            .map_err(|e| anyhow::anyhow!("--schedule: {e}"))?;
+        let mut v = VdmConfig::matching(&base);
+        v.gamma_min = a.gamma_min.unwrap_or(v.gamma_min);
+        v.gamma_max = a.gamma_max.unwrap_or(v.gamma_max);
+        Some(v)
+    } else {
+        None
+    };
     Ok(DiffusionConfig {
+        loss_weight,
+        vdm,
         dataset: a.dataset.clone(),
         data_dir: a.data.as_ref().map(|p| p.display().to_string()),
         image_size,
@@ -167,13 +205,17 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let cfg = trainer.config.clone();
     let ds = load(&cfg.dataset, cfg.data_dir.as_deref().map(Path::new), Split::Train)?;
     let nparams: usize = trainer.varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let objective = match &cfg.vdm {
+        Some(v) => format!("VDM (learned γ, endpoints {} … {}, base {})", v.gamma_min, v.gamma_max, cfg.schedule),
+        None => format!("{} loss, {} schedule", cfg.loss_weight, cfg.schedule),
+    };
     eprintln!(
-        "diffusion on {} ({} examples): {} parameters, {} target, {} schedule, T = {}, {} steps of batch {}",
+        "diffusion on {} ({} examples): {} parameters, {} target, {}, T = {}, {} steps of batch {}",
         ds.name,
         ds.len(),
         nparams,
         cfg.param,
-        cfg.schedule,
+        objective,
         cfg.timesteps,
         cfg.steps,
         cfg.batch_size
@@ -185,6 +227,9 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     );
     println!("checkpoint: {}", a.out.join("checkpoint.safetensors").display());
     println!("curves:     {}", a.out.join("curves.png").display());
+    if cfg.vdm.is_some() {
+        println!("schedule:   {}", a.out.join("learned_schedule.png").display());
+    }
     println!(
         "next: umbra sample diffusion --checkpoint {} --sampler ddim --steps 50 --out {}",
         a.out.display(),
@@ -199,12 +244,12 @@ macro_rules! cls_long {
 cross-entropy on clean images (≥ 98% test accuracy on MNIST in a few minutes). --noise-conditional: trained on \
 x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε at random t with a time embedding, so ∇_x log p(y | x_t) can guide a sampler \
 (`umbra sample diffusion --classifier DIR`). Its penultimate features define the \"classifier FID\" of \
-`umbra eval diffusion --fid-table`."
+`umbra eval diffusion --fid-table`. Writes checkpoint.safetensors (weights and optimizer state; every --checkpoint-every steps and at the end), config.json, metrics.jsonl. --resume continues the run in --out from its checkpoint with its optimizer state and step (same final weights as an uninterrupted run); --steps may raise the budget."
     };
 }
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  umbra train classifier --dataset mnist --steps 1500 --out runs/cls-mnist\n  umbra train classifier --dataset mnist --noise-conditional --steps 4000 --out runs/cls-mnist-noisy", after_long_help = concat!(cls_long!(), "\n\n", "Examples:\n  umbra train classifier --dataset mnist --steps 1500 --out runs/cls-mnist\n  umbra train classifier --dataset mnist --noise-conditional --steps 4000 --out runs/cls-mnist-noisy"))]
+#[command(after_help = "Examples:\n  umbra train classifier --dataset mnist --steps 1500 --out runs/cls-mnist\n  umbra train classifier --dataset mnist --noise-conditional --steps 4000 --out runs/cls-mnist-noisy", after_long_help = concat!(cls_long!(), "\n\n", "Examples:\n  umbra train classifier --dataset mnist --steps 1500 --out runs/cls-mnist\n  umbra train classifier --dataset mnist --noise-conditional --steps 4000 --out runs/cls-mnist-noisy\n  umbra train classifier --out runs/cls-mnist-noisy --resume --steps 8000"))]
 pub struct ClassifierArgs {
     /// mnist | mnist-mini | digits
     #[arg(long, default_value = "mnist")]
@@ -219,8 +264,9 @@ pub struct ClassifierArgs {
     pub schedule: String,
     #[arg(long, default_value_t = 1000)]
     pub timesteps: usize,
-    #[arg(long, default_value_t = 1500)]
-    pub steps: u64,
+    /// Optimisation steps (default 1500; with --resume: the checkpoint's budget).
+    #[arg(long)]
+    pub steps: Option<u64>,
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
     #[arg(long, default_value_t = 2e-3)]
@@ -232,10 +278,28 @@ pub struct ClassifierArgs {
     /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Continue the run in --out from its checkpoint (optimizer state and step; --steps may raise the budget).
+    #[arg(long)]
+    pub resume: bool,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
 }
 
 pub fn train_classifier(a: ClassifierArgs) -> anyhow::Result<()> {
     let dev = super::sd::parse_device(&a.device)?;
+    if a.resume {
+        let mut t = ClassifierTrainer::resume(&a.out, &dev, a.steps)
+            .with_context(|| format!("--resume: cannot continue the classifier run in {}", a.out.display()))?;
+        t.checkpoint_every = a.checkpoint_every;
+        let c = t.model.config.clone();
+        eprintln!("resuming {} at step {} of {}", a.out.display(), t.step, c.steps);
+        let dir = c.data_dir.as_deref().map(Path::new);
+        let train = load(&c.dataset, dir, Split::Train)?;
+        let test = load(&c.dataset, dir, Split::Test)?;
+        let s = t.train(&train, &test, &a.out, None, true)?;
+        return report_classifier(&s, c.net.noise_conditional);
+    }
     let train = load(&a.dataset, a.data.as_deref(), Split::Train)?;
     let test = load(&a.dataset, a.data.as_deref(), Split::Test)?;
     if train.kind != DataKind::Images {
@@ -256,12 +320,18 @@ pub fn train_classifier(a: ClassifierArgs) -> anyhow::Result<()> {
         batch_size: a.batch,
         lr: a.lr,
         seed: a.seed,
-        steps: a.steps,
+        steps: a.steps.unwrap_or(1500),
     };
-    let s = umbra_train::classifier_trainer::train_classifier(cfg, &train, &test, &a.out, &dev, true)?;
+    let mut t = ClassifierTrainer::new(cfg, &dev)?;
+    t.checkpoint_every = a.checkpoint_every;
+    let s = t.train(&train, &test, &a.out, None, true)?;
+    report_classifier(&s, a.noise_conditional)
+}
+
+fn report_classifier(s: &umbra_train::classifier_trainer::ClassifierSummary, noisy: bool) -> anyhow::Result<()> {
     println!(
         "classifier{}: {} steps in {:.1} s, test accuracy (clean images) {:.2}%",
-        if a.noise_conditional { " (noise-conditional)" } else { "" },
+        if noisy { " (noise-conditional)" } else { "" },
         s.steps,
         s.seconds,
         100.0 * s.test_accuracy
@@ -493,7 +563,7 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
     let dev = super::sd::parse_device(&a.device)?;
     let m = LoadedDiffusion::load(&a.checkpoint, &dev, !a.no_ema)?;
-    let sc = m.config.scheduler_config()?;
+    let sc = m.scheduler.clone();
     let solver = build_solver(&a.sampler, a.eta, &sc)?;
     if a.n == 0 {
         bail!("--n must be at least 1");
@@ -945,7 +1015,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             let (x, _) = umbra_train::classifier_trainer::image_batch(&test, c, &dev)?;
             tf.extend(cls.features(&x)?);
         }
-        let sc = m.config.scheduler_config()?;
+        let sc = m.scheduler.clone();
         let steps: Vec<usize> = a
             .steps
             .split(',')
@@ -1021,6 +1091,10 @@ pub fn quickstart_toy(out_dir: &Path, seed: u64) -> anyhow::Result<Vec<PathBuf>>
         checkpoint_every: 0,
         resume: false,
         hidden: 128,
+        loss_weight: "simple".into(),
+        vdm: false,
+        gamma_min: None,
+        gamma_max: None,
     };
     let train_set = load("toy2d:moons", None, Split::Train)?;
     let test_set = load("toy2d:moons", None, Split::Test)?;
@@ -1028,7 +1102,7 @@ pub fn quickstart_toy(out_dir: &Path, seed: u64) -> anyhow::Result<Vec<PathBuf>>
     let s = trainer.train(&train_set, &run, None, true)?;
     eprintln!("diffusion on toy2d:moons: {} steps in {:.1} s, last loss {:.3}", s.steps, s.seconds, s.last_loss);
     let m = LoadedDiffusion::load(&run, &dev, true)?;
-    let sc = m.config.scheduler_config()?;
+    let sc = m.scheduler.clone();
     let dp = test_set.points();
     let mut files = vec![run.join("checkpoint.safetensors"), run.join("curves.png")];
     let mut sample_sets = Vec::new();

@@ -53,6 +53,20 @@ pub fn snr_weighted_x0_loss(x0_hat: &Tensor, x0: &Tensor, snr_prev: &Tensor, snr
     Ok((sum_sq_per_example(&(x0_hat - x0)?)? * w)?)
 }
 
+/// SNR(i) = ᾱ_i/(1 − ᾱ_i) of every index of a discrete schedule (Luo eq. 107).
+pub fn snr(schedule: &NoiseSchedule) -> Vec<f64> {
+    (0..schedule.num_steps()).map(|i| schedule.alpha_bar(i) / (1.0 - schedule.alpha_bar(i))).collect()
+}
+
+/// The x_0-form weights of every discrete step, w_i = ½(SNR(t − 1) − SNR(t)) with paper t = i + 1 ≥ 2
+/// (Luo eq. 108), and for the first step (t = 1, where SNR(0) = ∞) the weight 1/(2β_1) of the
+/// reconstruction term −log N(x_0; x̂_0, β_1 I) up to its constant (Ho et al. 2020 §3.3 with σ_1² = β_1).
+/// Equivalently: eq. 108 with SNR(0) := SNR(1) + 1/β_1.
+pub fn snr_x0_weights(schedule: &NoiseSchedule) -> Vec<f64> {
+    let s = snr(schedule);
+    (0..s.len()).map(|i| if i == 0 { 0.5 / schedule.betas()[0] } else { 0.5 * (s[i - 1] - s[i]) }).collect()
+}
+
 /// Continuous-time diffusion loss ½ γ'(t) ‖ε − ε̂(z_t; t)‖² per example (Kingma et al. 2021 eq. 17, with
 /// γ = −log SNR, so γ' > 0; equal to −½ SNR'(t) ‖x_0 − x̂_0‖²). `gamma_prime` has shape [B].
 pub fn vdm_diffusion_loss(eps_hat: &Tensor, eps: &Tensor, gamma_prime: &Tensor) -> Result<Tensor> {

@@ -12,14 +12,15 @@ use super::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
 
 /// softplus(x) = log(1 + eˣ), written stably as max(x, 0) + log(1 + e^{−|x|}).
 fn softplus(x: &Tensor) -> Result<Tensor> {
     Ok((x.relu()? + x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?)
 }
 
-/// sigmoid(x) = 1/(1 + e^{−x}).
-fn sigmoid(x: &Tensor) -> Result<Tensor> {
+/// sigmoid(x) = 1/(1 + e^{−x}) (differentiable; ᾱ = sigmoid(−γ), 1 − ᾱ = sigmoid(γ), Kingma et al. 2021 eq. 4).
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     Ok(x.neg()?.exp()?.affine(1.0, 1.0)?.recip()?)
 }
 
@@ -75,6 +76,57 @@ impl MonotoneGamma {
         vec![self.w1.clone(), self.b1.clone(), self.w2.clone(), self.b2.clone(), self.w3.clone()]
     }
 
+    /// The trainable parameters by name (`w1`, `b1`, `w2`, `b2`, `w3`), for checkpoints and optimizers.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let names = ["w1", "b1", "w2", "b2", "w3"];
+        names.iter().map(|n| n.to_string()).zip(self.vars()).collect()
+    }
+
+    /// Copies of the current parameter values by name (see [`MonotoneGamma::named_vars`]).
+    pub fn tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for (n, v) in self.named_vars() {
+            out.insert(n, v.as_tensor().copy()?);
+        }
+        Ok(out)
+    }
+
+    /// Overwrite the parameters from named tensors (as written by [`MonotoneGamma::tensors`]); every name
+    /// must be present with the right shape.
+    pub fn load(&self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        for (n, v) in self.named_vars() {
+            let t = tensors.get(&n).ok_or_else(|| {
+                super::DiffusionError::Invalid(format!(
+                    "the learned schedule has no parameter `{n}`; the checkpoint was not written by a VDM run"
+                ))
+            })?;
+            if t.dims() != v.dims() {
+                return Err(super::DiffusionError::Invalid(format!(
+                    "learned-schedule parameter `{n}` has shape {:?} but γ's network needs {:?}",
+                    t.dims(),
+                    v.dims()
+                )));
+            }
+            v.set(&t.to_device(v.device())?.to_dtype(v.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// The hidden width H.
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// ᾱ_i = sigmoid(−γ((i + 1)/T)) for i = 0..T−1: the learned schedule as a discrete one of T steps
+    /// (index i ↔ continuous time t = (i + 1)/T), computed in f64.
+    pub fn discrete_alpha_bars(&self, steps: usize) -> Result<Vec<f64>> {
+        let dev = self.w1.device();
+        let ts: Vec<f64> = (0..steps).map(|i| (i + 1) as f64 / steps as f64).collect();
+        let t = Tensor::from_vec(ts, steps, dev)?.to_dtype(self.w1.dtype())?;
+        let g = self.gamma(&t)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        Ok(g.into_iter().map(|g| 1.0 / (1.0 + g.exp())).collect())
+    }
+
     /// γ̃(t) and dγ̃/dt for t of shape [B] (the unnormalised monotone network and its analytic derivative).
     fn tilde(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
         let w1 = softplus(self.w1.as_tensor())?; // [1]
@@ -117,6 +169,20 @@ impl MonotoneGamma {
     pub fn alpha_bar(&self, t: &Tensor) -> Result<Tensor> {
         sigmoid(&self.gamma(t)?.neg()?)
     }
+}
+
+/// β_i = 1 − ᾱ_i/ᾱ_{i−1} (ᾱ_{−1} = 1) of a decreasing ᾱ sequence (Ho et al. 2020: ᾱ_i = ∏_{j≤i}(1 − β_j)),
+/// kept inside (0, 1) by clamping to [1e-12, 1 − 1e-12] where rounding makes ᾱ flat or jump to 0.
+pub fn betas_from_alpha_bars(alpha_bars: &[f64]) -> Vec<f64> {
+    let mut prev = 1.0;
+    alpha_bars
+        .iter()
+        .map(|&a| {
+            let b = 1.0 - a / prev;
+            prev = a;
+            b.clamp(1e-12, 1.0 - 1e-12)
+        })
+        .collect()
 }
 
 /// VDM's continuous-time diffusion loss for a batch: ½ γ'(t) ‖ε − ε̂‖² (Kingma et al. 2021 eq. 17), given

@@ -815,7 +815,10 @@ impl Denoiser for NetDenoiser<'_> {
     fn predict(&self, x_t: &Tensor, t: &Timestep) -> umbra_sample::Result<Tensor> {
         let b = x_t.dim(0)?;
         let tt = Tensor::from_vec(vec![t.t as f32; b], b, x_t.device())?;
-        Ok(self.net.forward(x_t, &tt, self.labels.as_ref())?)
+        // Detached: the weights are candle `Var`s, so without this every sampling step would keep the
+        // whole autograd graph of all earlier steps alive (memory grows with steps × batch; an MNIST
+        // CFG batch ran out of 24 GB). Classifier guidance takes its gradient separately.
+        Ok(self.net.forward(x_t, &tt, self.labels.as_ref())?.detach())
     }
     fn parameterization(&self) -> Parameterization {
         self.p

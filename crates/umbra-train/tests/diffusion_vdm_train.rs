@@ -227,11 +227,4 @@ fn configs_without_the_new_fields_still_load() {
     let c: DiffusionConfig = serde_json::from_str(&old).unwrap();
     assert_eq!(c.loss_weight, LossWeight::Simple);
     assert!(c.vdm.is_none());
-    // The real run, if it has written a checkpoint yet (read-only).
-    let run = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../runs/diff-mnist");
-    if run.join("checkpoint.safetensors").is_file() {
-        let m = LoadedDiffusion::load(&run, &Device::Cpu, true).unwrap();
-        assert!(m.config.vdm.is_none() && m.scheduler.trained_betas.is_none());
-        eprintln!("loaded {} at step {}", run.display(), m.step);
-    }
 }

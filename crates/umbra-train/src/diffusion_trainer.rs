@@ -202,6 +202,33 @@ pub struct DiffusionConfig {
 }
 
 impl DiffusionConfig {
+    /// A 2-D toy run with the CLI's defaults: the residual MLP denoiser, ε-prediction, linear schedule,
+    /// T = 1000, batch 256, lr 2e-3, EMA 0.99, samples clipped to ±4, unconditional, simple loss.
+    pub fn toy(dataset: &str, steps: u64, seed: u64) -> Self {
+        Self {
+            dataset: dataset.into(),
+            data_dir: None,
+            image_size: None,
+            channels: 2,
+            net: NetConfig::ToyMlp(umbra_nn::toy_mlp::ToyMlpConfig::default()),
+            param: Parameterization::Epsilon,
+            schedule: "linear".into(),
+            timesteps: 1000,
+            clip_range: Some(4.0),
+            num_classes: None,
+            cond_drop: 0.0,
+            batch_size: 256,
+            lr: 2e-3,
+            ema_decay: 0.99,
+            seed,
+            steps,
+            checkpoint_every: 0,
+            log_every: 50,
+            loss_weight: LossWeight::Simple,
+            vdm: None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), TrainError> {
         if self.batch_size == 0 || self.steps == 0 || self.timesteps < 2 {
             return Err(TrainError::Invalid("batch size, steps must be ≥ 1 and timesteps ≥ 2".into()));

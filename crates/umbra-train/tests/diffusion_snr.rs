@@ -11,26 +11,11 @@ use umbra_train::diffusion_trainer::{
 
 fn config(param: Parameterization, timesteps: usize, steps: u64) -> DiffusionConfig {
     DiffusionConfig {
-        dataset: "toy2d:moons".into(),
-        data_dir: None,
-        image_size: None,
-        channels: 2,
         net: NetConfig::ToyMlp(ToyMlpConfig { hidden: 64, ..Default::default() }),
         param,
-        schedule: "linear".into(),
         timesteps,
-        clip_range: Some(4.0),
-        num_classes: None,
-        cond_drop: 0.0,
-        batch_size: 256,
-        lr: 2e-3,
-        ema_decay: 0.99,
-        seed: 4,
-        steps,
-        checkpoint_every: 0,
-        log_every: 50,
         loss_weight: LossWeight::Snr,
-        vdm: None,
+        ..DiffusionConfig::toy("toy2d:moons", steps, 4)
     }
 }
 

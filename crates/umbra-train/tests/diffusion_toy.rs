@@ -11,28 +11,7 @@ use umbra_train::diffusion_trainer::{DiffusionConfig, DiffusionTrainer, LoadedDi
 use umbra_train::sample_metrics::{median_bandwidth, mmd2_rbf};
 
 fn toy_config(dataset: &str, steps: u64, seed: u64) -> DiffusionConfig {
-    DiffusionConfig {
-        dataset: dataset.into(),
-        data_dir: None,
-        image_size: None,
-        channels: 2,
-        net: NetConfig::ToyMlp(ToyMlpConfig::default()),
-        param: Parameterization::Epsilon,
-        schedule: "linear".into(),
-        timesteps: 1000,
-        clip_range: Some(4.0),
-        num_classes: None,
-        cond_drop: 0.0,
-        batch_size: 256,
-        lr: 2e-3,
-        ema_decay: 0.99,
-        seed,
-        steps,
-        checkpoint_every: 0,
-        log_every: 50,
-        loss_weight: Default::default(),
-        vdm: None,
-    }
+    DiffusionConfig::toy(dataset, steps, seed)
 }
 
 fn tmp(name: &str) -> PathBuf {

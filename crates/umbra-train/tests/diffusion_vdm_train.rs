@@ -15,28 +15,7 @@ use umbra_train::diffusion_trainer::{
 use umbra_train::sample_metrics::{median_bandwidth, mmd2_rbf};
 
 fn vdm_config(steps: u64, seed: u64) -> DiffusionConfig {
-    let mut c = DiffusionConfig {
-        dataset: "toy2d:moons".into(),
-        data_dir: None,
-        image_size: None,
-        channels: 2,
-        net: NetConfig::ToyMlp(ToyMlpConfig::default()),
-        param: Parameterization::Epsilon,
-        schedule: "linear".into(),
-        timesteps: 1000,
-        clip_range: Some(4.0),
-        num_classes: None,
-        cond_drop: 0.0,
-        batch_size: 256,
-        lr: 2e-3,
-        ema_decay: 0.99,
-        seed,
-        steps,
-        checkpoint_every: 0,
-        log_every: 50,
-        loss_weight: LossWeight::Simple,
-        vdm: None,
-    };
+    let mut c = DiffusionConfig::toy("toy2d:moons", steps, seed);
     c.vdm = Some(VdmConfig::matching(&c.noise_schedule().unwrap()));
     c
 }

@@ -65,6 +65,12 @@ pub struct SchedulerConfig {
     /// Euler/Heun/DPM-Solver++: use Karras et al.'s σ spacing (ρ = 7).
     #[serde(default)]
     pub use_karras_sigmas: bool,
+    /// DDIM with `clip_sample`: recompute ε̂ from the clipped x̂_0 so the update stays consistent
+    /// (diffusers' `DDIMScheduler.step(use_clipped_model_output=True)`; not a diffusers config key, so it
+    /// is only written when true). umbra's pixel-space runs set it: with the raw ε̂, DDIM degraded as the
+    /// step count grew on a class-conditional MNIST model.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_clipped_model_output: bool,
 }
 
 fn d_num_train_timesteps() -> usize {

@@ -77,6 +77,7 @@ pub fn scheduler_config(
     c.timestep_spacing = Some(TimestepSpacing::Trailing);
     c.clip_sample = clip.is_some();
     c.clip_sample_range = clip.unwrap_or(1.0);
+    c.use_clipped_model_output = clip.is_some();
     Ok(c)
 }
 

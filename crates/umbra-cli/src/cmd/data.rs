@@ -214,7 +214,7 @@ fn fetch(a: FetchArgs) -> Result<()> {
     let pb = indicatif::ProgressBar::new_spinner();
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     let r = umbra_data::fetch::fetch_mnist(&a.out, |line| {
-        pb.println(line);
+        pb.suspend(|| eprintln!("{line}")); // pb.println is hidden when stderr is not a terminal
         pb.set_message(line.to_string());
     });
     pb.finish_and_clear();

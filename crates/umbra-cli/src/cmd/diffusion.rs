@@ -1042,12 +1042,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
                 let (acc, fid) = quality_cell(&m, &cls, solver.as_ref(), st, a.fid_n, a.guidance, &tf, crop, a.seed)?;
                 md.push_str(&format!(" {:.1} / {:.2} |", 100.0 * acc, fid));
                 pb.inc(1);
-                pb.println(format!(
-                    "{} {st} steps: accuracy {:.1}%, classifier FID {:.2}",
-                    solver.kind(),
-                    100.0 * acc,
-                    fid
-                ));
+                // eprintln under suspend, not pb.println: the latter is hidden when stderr is not a terminal.
+                pb.suspend(|| {
+                    eprintln!("{} {st} steps: accuracy {:.1}%, classifier FID {:.2}", solver.kind(), 100.0 * acc, fid)
+                });
             }
             md.push('\n');
         }

@@ -15,6 +15,8 @@ use umbra_core::diffusion::Parameterization;
 pub struct Ddim {
     pub core: DiscreteCore,
     pub eta: f64,
+    /// Recompute ε̂ from the clipped x̂_0 (see [`SchedulerConfig::use_clipped_model_output`]).
+    pub use_clipped_model_output: bool,
 }
 
 impl Ddim {
@@ -24,7 +26,11 @@ impl Ddim {
                 "DDIM eta must be ≥ 0 (0: deterministic, 1: DDPM-like), got {eta}"
             )));
         }
-        Ok(Self { core: DiscreteCore::new(cfg, TimestepSpacing::Leading)?, eta })
+        Ok(Self {
+            core: DiscreteCore::new(cfg, TimestepSpacing::Leading)?,
+            eta,
+            use_clipped_model_output: cfg.use_clipped_model_output,
+        })
     }
 
     /// ᾱ of `prev = t − T/steps` (diffusers' DDIM rule for every spacing), or the final ᾱ when prev < 0.
@@ -52,9 +58,13 @@ impl Ddim {
         let ab_prev = self.alpha_bar_prev(t, steps);
         let c = Coef::Scalar(ab);
         let mut x0 = to_x0(model_output, p, sample, &c)?;
-        let eps = to_epsilon(model_output, p, sample, &c)?;
+        let mut eps = to_epsilon(model_output, p, sample, &c)?;
         if let Some(r) = self.core.clip_sample {
             x0 = x0.clamp(-r, r)?;
+            if self.use_clipped_model_output {
+                // ε̂ = (x_t − √ᾱ_t x̂_0)/√(1 − ᾱ_t) with the clipped x̂_0 (Ho et al. 2020 eq. 4 solved for ε).
+                eps = (sample - x0.affine(ab.sqrt(), 0.0)?)?.affine(1.0 / (1.0 - ab).sqrt(), 0.0)?;
+            }
         }
         let variance = (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev);
         let std = self.eta * variance.sqrt();

@@ -55,8 +55,10 @@ fn broadcast_reductions_and_matmul_fan_out() {
     let xv: Vec<Vec<f32>> = x.to_vec2().unwrap();
     let dy: Vec<Vec<f32>> = yv.iter().map(|r| r.iter().map(|v| 1.0 + 2.0 * v).collect()).collect();
     let db: Vec<f32> = (0..2).map(|j| dy.iter().map(|r| r[j]).sum()).collect();
-    let dw: Vec<f32> =
-        (0..2).flat_map(|i| (0..2).map(move |j| (i, j))).map(|(i, j)| (0..3).map(|r| dy[r][i] * xv[r][j]).sum()).collect();
+    let dw: Vec<f32> = (0..2)
+        .flat_map(|i| (0..2).map(move |j| (i, j)))
+        .map(|(i, j)| (0..3).map(|r| dy[r][i] * xv[r][j]).sum())
+        .collect();
     close(g.get(bias.as_tensor()).unwrap(), &db, 1e-5);
     close(g.get(w.as_tensor()).unwrap(), &dw, 1e-5);
     // A softmax-free sanity check that the gradient store holds contiguous-usable tensors.

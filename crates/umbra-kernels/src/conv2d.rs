@@ -1,7 +1,7 @@
 //! 2-D convolution on CPU (`f32`, `groups = 1`): per-image, per-row-tile im2col + `gemm`, parallel over
 //! the batch; backward computes the input, weight and bias gradients in one pass over the batch.
 
-use crate::cpu_storage::{f32_slice, gemm_par, output, sgemm, tensor, threads, with_f32, SendPtr};
+use crate::cpu_storage::{f32_slice, gemm_par, output, sgemm, tensor, threads, uninit_vec, with_f32, SendPtr};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -84,8 +84,104 @@ impl ConvGeom {
     }
 }
 
+/// Output rows `[v0, v1)` of the tile `[oy0, oy1)` whose input row `oy + ky − p` lies inside the image
+/// (stride 1). `v1 < v0` means none.
+fn valid_rows_s1(g: &ConvGeom, ky: usize, oy0: usize, oy1: usize) -> (usize, usize) {
+    let v0 = oy0.max(g.pad.saturating_sub(ky));
+    let v1 = oy1.min((g.h + g.pad).saturating_sub(ky));
+    (v0, v1.max(v0))
+}
+
+/// For a stride-1 "same" convolution (output width = input width), the part of row (ky, kx) of the
+/// im2col matrix over output rows `[v0, v1)` is one contiguous run of the input plane shifted by
+/// `(ky − p)·W + kx − p`, except at the `|kx − p|` border columns, where it wraps into the neighbouring
+/// row. Returns (offset into the tile row, offset into the plane, length) of that run, clipped to the
+/// plane; the clipped elements are all border columns.
+fn same_s1_run(g: &ConvGeom, ky: usize, kx: usize, oy0: usize, v0: usize, v1: usize) -> (usize, usize, usize) {
+    let w = g.w as isize;
+    let start = (v0 + ky) as isize * w - (g.pad as isize) * w + kx as isize - g.pad as isize;
+    let len = ((v1 - v0) * g.w) as isize;
+    let d0 = (-start).max(0);
+    let end = (start + len).min((g.h * g.w) as isize);
+    ((v0 - oy0) * g.w + d0 as usize, (start + d0) as usize, (end - start - d0).max(0) as usize)
+}
+
+/// Border columns of row kx in a stride-1 "same" convolution: `[0, p − kx)` or `[W − (kx − p), W)`.
+fn border_cols(g: &ConvGeom, kx: usize) -> std::ops::Range<usize> {
+    if kx < g.pad {
+        0..g.pad - kx
+    } else {
+        g.w - (kx - g.pad).min(g.w)..g.w
+    }
+}
+
+fn same_s1(g: &ConvGeom) -> bool {
+    g.stride == 1 && g.wo == g.w && g.ho == g.h
+}
+
+/// [`im2col`] for stride-1 "same" convolutions: one contiguous copy per (ci, ky, kx) row and a fix-up of
+/// the border columns, instead of a short copy and two tiny fills per output row.
+fn im2col_same_s1(g: &ConvGeom, x: &[f32], oy0: usize, oy1: usize, col: &mut [f32]) {
+    let n = (oy1 - oy0) * g.w;
+    let k = g.k;
+    for ci in 0..g.cin {
+        let xc = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..k {
+            let (v0, v1) = valid_rows_s1(g, ky, oy0, oy1);
+            for kx in 0..k {
+                let row = &mut col[((ci * k + ky) * k + kx) * n..][..n];
+                row[..(v0 - oy0) * g.w].fill(0.0);
+                row[(v1 - oy0) * g.w..].fill(0.0);
+                if v1 == v0 {
+                    continue;
+                }
+                let (d, src, len) = same_s1_run(g, ky, kx, oy0, v0, v1);
+                row[d..d + len].copy_from_slice(&xc[src..src + len]);
+                let b = border_cols(g, kx);
+                if !b.is_empty() {
+                    for r in v0 - oy0..v1 - oy0 {
+                        row[r * g.w + b.start..r * g.w + b.end].fill(0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`col2im_add`] for stride-1 "same" convolutions: the border columns of the scratch `col` are zeroed
+/// (they belong to no input pixel), then each row is one contiguous add.
+fn col2im_add_same_s1(g: &ConvGeom, col: &mut [f32], oy0: usize, oy1: usize, dx: &mut [f32]) {
+    let n = (oy1 - oy0) * g.w;
+    let k = g.k;
+    for ci in 0..g.cin {
+        let dxc = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..k {
+            let (v0, v1) = valid_rows_s1(g, ky, oy0, oy1);
+            if v1 == v0 {
+                continue;
+            }
+            for kx in 0..k {
+                let row = &mut col[((ci * k + ky) * k + kx) * n..][..n];
+                let b = border_cols(g, kx);
+                if !b.is_empty() {
+                    for r in v0 - oy0..v1 - oy0 {
+                        row[r * g.w + b.start..r * g.w + b.end].fill(0.0);
+                    }
+                }
+                let (d, src, len) = same_s1_run(g, ky, kx, oy0, v0, v1);
+                for (o, v) in dxc[src..src + len].iter_mut().zip(&row[d..d + len]) {
+                    *o += *v;
+                }
+            }
+        }
+    }
+}
+
 /// col[(ci, ky, kx)][(oy - oy0, ox)] = x[ci, oy·s + ky − p, ox·s + kx − p] (zero outside).
 fn im2col(g: &ConvGeom, x: &[f32], oy0: usize, oy1: usize, col: &mut [f32]) {
+    if same_s1(g) {
+        return im2col_same_s1(g, x, oy0, oy1, col);
+    }
     let n = (oy1 - oy0) * g.wo;
     let (k, s, p) = (g.k, g.stride, g.pad);
     for ci in 0..g.cin {
@@ -121,7 +217,11 @@ fn im2col(g: &ConvGeom, x: &[f32], oy0: usize, oy1: usize, col: &mut [f32]) {
 }
 
 /// The adjoint of [`im2col`]: dx[ci, iy, ix] += col[(ci, ky, kx)][(oy, ox)].
-fn col2im_add(g: &ConvGeom, col: &[f32], oy0: usize, oy1: usize, dx: &mut [f32]) {
+/// `col` is scratch: the stride-1 "same" path zeroes its border columns.
+fn col2im_add(g: &ConvGeom, col: &mut [f32], oy0: usize, oy1: usize, dx: &mut [f32]) {
+    if same_s1(g) {
+        return col2im_add_same_s1(g, col, oy0, oy1, dx);
+    }
     let n = (oy1 - oy0) * g.wo;
     let (k, s, p) = (g.k, g.stride, g.pad);
     for ci in 0..g.cin {
@@ -302,7 +402,7 @@ fn backward_image(
             if let Some(dx) = dx.as_deref_mut() {
                 // dcol[ckk, n] = Wᵀ[ckk, cout] · dy_tile[cout, n]
                 sgemm(ckk, n, g.cout, dcol.as_mut_ptr(), n, 1, false, w.as_ptr(), 1, ckk, dyt, howo, 1, 1.0, par);
-                col2im_add(g, &dcol[..ckk * n], oy0, oy1, dx);
+                col2im_add(g, &mut dcol[..ckk * n], oy0, oy1, dx);
             }
             oy0 = oy1;
         }
@@ -312,16 +412,17 @@ fn backward_image(
 /// Forward over the batch: parallel over images when there are enough of them, otherwise gemm is parallel.
 /// `bias` is `[cout]`, or `[b, cout]` (one bias per image) when `per_image`.
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, per_image: bool) -> Vec<f32> {
-    let mut y = vec![0f32; g.b * g.out_len()];
+    // Every output value is written: the bias fill (or a non-accumulating gemm) covers each image.
+    let mut y = uninit_vec(g.b * g.out_len());
     let nt = threads();
     let bias_of = |i: usize| bias.map(|b| if per_image { &b[i * g.cout..(i + 1) * g.cout] } else { b });
     if g.b >= nt && nt > 1 {
         y.par_chunks_mut(g.out_len().max(1)).zip(x.par_chunks(g.in_len().max(1))).enumerate().for_each_init(
-            || vec![0f32; g.col_len()],
+            || uninit_vec(g.col_len()),
             |col, (i, (yi, xi))| forward_image(g, xi, w, bias_of(i), yi, col, gemm::Parallelism::None),
         );
     } else {
-        let mut col = vec![0f32; g.col_len()];
+        let mut col = uninit_vec(g.col_len());
         for (i, (yi, xi)) in y.chunks_mut(g.out_len().max(1)).zip(x.chunks(g.in_len().max(1))).enumerate() {
             forward_image(g, xi, w, bias_of(i), yi, &mut col, gemm_par(nt));
         }
@@ -339,7 +440,8 @@ pub(crate) fn backward(
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let nt = threads();
     let wlen = g.cout * g.ckk();
-    let mut dx = if need_dx { Some(vec![0f32; g.b * g.in_len()]) } else { None };
+    // backward_image zero-fills (or overwrites) each image's dx before accumulating into it.
+    let mut dx = if need_dx { Some(uninit_vec(g.b * g.in_len())) } else { None };
     let dxp = SendPtr(dx.as_mut().map_or(std::ptr::null_mut(), |v| v.as_mut_ptr()));
     let mut db = vec![0f32; g.b * g.cout];
     let dbp = SendPtr(db.as_mut_ptr());
@@ -350,8 +452,8 @@ pub(crate) fn backward(
     let run_chunk = |c: usize| -> Vec<f32> {
         let (i0, i1) = (c * g.b / chunks, (c + 1) * g.b / chunks);
         let mut dw = vec![0f32; wlen];
-        let mut col = vec![0f32; g.col_len()];
-        let mut dcol = if need_dx { vec![0f32; g.col_len()] } else { Vec::new() };
+        let mut col = uninit_vec(g.col_len());
+        let mut dcol = if need_dx { uninit_vec(g.col_len()) } else { Vec::new() };
         for i in i0..i1 {
             // SAFETY: image i's slices of dx and db are written by exactly one chunk.
             let dxi = if need_dx {

@@ -114,3 +114,13 @@ pub(crate) unsafe fn sgemm(
         par,
     )
 }
+
+/// A vector of `n` uninitialised `f32`s, for outputs that a kernel overwrites completely before anything
+/// reads them (saves the zeroing pass, which for activation-sized buffers costs as much as a copy).
+#[allow(clippy::uninit_vec)]
+pub(crate) fn uninit_vec(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns and every caller writes all n values before reading them.
+    unsafe { v.set_len(n) };
+    v
+}

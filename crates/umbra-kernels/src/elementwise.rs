@@ -1,7 +1,7 @@
 //! Small memory-bound kernels on CPU: SiLU, softmax over the last dimension, nearest upsampling.
 //! Each is one parallel pass forward and one backward (the upsampling backward sums each block).
 
-use crate::cpu_storage::{f32_slice, output, tensor, with_f32};
+use crate::cpu_storage::{f32_slice, output, tensor, uninit_vec, with_f32};
 use crate::simd::{dot, exp, multiversion, sigmoid};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -57,7 +57,7 @@ impl CustomOp1 for SiluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "silu")?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = uninit_vec(x.len());
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| silu_chunk(x, y));
         Ok(output(y, l.shape().clone()))
     }
@@ -65,7 +65,7 @@ impl CustomOp1 for SiluOp {
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_f32(x, "silu", |x| {
             with_f32(dy, "silu", |dy| {
-                let mut dx = vec![0f32; x.len()];
+                let mut dx = uninit_vec(x.len());
                 dx.par_chunks_mut(CHUNK)
                     .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
                     .for_each(|(dx, (x, dy))| silu_grad_chunk(x, dy, dx));
@@ -115,7 +115,7 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "softmax_last_dim")?;
         let d = *l.dims().last().unwrap_or(&1);
-        let mut y = vec![0f32; x.len()];
+        let mut y = uninit_vec(x.len());
         if d > 0 {
             let rc = rows_per_chunk(d) * d;
             y.par_chunks_mut(rc).zip(x.par_chunks(rc)).for_each(|(y, x)| softmax_rows(x, y, d));
@@ -127,7 +127,7 @@ impl CustomOp1 for SoftmaxOp {
         let d = x.dims().last().copied().unwrap_or(1).max(1);
         let dx = with_f32(res, "softmax_last_dim", |y| {
             with_f32(dy, "softmax_last_dim", |dy| {
-                let mut dx = vec![0f32; y.len()];
+                let mut dx = uninit_vec(y.len());
                 let rc = rows_per_chunk(d) * d;
                 dx.par_chunks_mut(rc)
                     .zip(y.par_chunks(rc).zip(dy.par_chunks(rc)))
@@ -161,7 +161,7 @@ impl CustomOp1 for UpsampleNearestOp {
             bail!("upsample_nearest: factor must be at least 1");
         }
         let (ho, wo) = (h * f, w * f);
-        let mut y = vec![0f32; b * c * ho * wo];
+        let mut y = uninit_vec(b * c * ho * wo);
         if !y.is_empty() {
             y.par_chunks_mut(ho * wo).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
                 for iy in 0..h {
@@ -184,14 +184,17 @@ impl CustomOp1 for UpsampleNearestOp {
         let f = self.factor;
         let (ho, wo) = (h * f, w * f);
         let dx = with_f32(dy, "upsample_nearest", |dy| {
-            let mut dx = vec![0f32; b * c * h * w];
+            let mut dx = uninit_vec(b * c * h * w);
             if !dx.is_empty() {
                 dx.par_chunks_mut(h * w).zip(dy.par_chunks(ho * wo)).for_each(|(dxp, dyp)| {
                     for oy in 0..ho {
                         let dr = &mut dxp[(oy / f) * w..(oy / f + 1) * w];
                         let gr = &dyp[oy * wo..(oy + 1) * wo];
+                        // The first of the f output rows of an input row assigns, the others accumulate.
+                        let first = oy % f == 0;
                         for (d, g) in dr.iter_mut().zip(gr.chunks(f)) {
-                            *d += g.iter().sum::<f32>();
+                            let s = g.iter().sum::<f32>();
+                            *d = if first { s } else { *d + s };
                         }
                     }
                 });

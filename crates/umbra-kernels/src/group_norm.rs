@@ -1,7 +1,7 @@
 //! Group normalisation (optionally fused with SiLU) on CPU: one pass per (image, group) forward, and a
 //! fused backward that recomputes the statistics and returns dx, dγ and dβ together.
 
-use crate::cpu_storage::{f32_slice, output, tensor, with_f32};
+use crate::cpu_storage::{f32_slice, output, tensor, uninit_vec, with_f32};
 use crate::simd::{dot, moments, multiversion, sigmoid, sum};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -100,7 +100,7 @@ impl GroupNormOp {
 
     fn forward(&self, g: &Geom, x: &[f32], gamma: &[f32], beta: &[f32]) -> Vec<f32> {
         let slab = g.cg * g.s;
-        let mut y = vec![0f32; x.len()];
+        let mut y = uninit_vec(x.len());
         y.par_chunks_mut(slab.max(1)).zip(x.par_chunks(slab.max(1))).enumerate().for_each(|(i, (ys, xs))| {
             let c = (i % self.groups) * g.cg..(i % self.groups + 1) * g.cg;
             forward_slab(xs, ys, &gamma[c.clone()], &beta[c], g.s, self.eps, self.silu);
@@ -112,7 +112,7 @@ impl GroupNormOp {
     fn backward(&self, g: &Geom, x: &[f32], gamma: &[f32], beta: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let slab = g.cg * g.s;
         let nimg = x.len() / (g.c * g.s).max(1);
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = uninit_vec(x.len());
         // Per-(image, channel) partial sums of dγ and dβ, reduced over images afterwards.
         let mut pg = vec![0f32; nimg * g.c];
         let mut pb = vec![0f32; nimg * g.c];

@@ -1,6 +1,6 @@
 //! Layer normalisation over the last dimension on CPU, with a fused backward (dx, dγ, dβ).
 
-use crate::cpu_storage::{f32_slice, output, tensor, threads, with_f32};
+use crate::cpu_storage::{f32_slice, output, tensor, threads, uninit_vec, with_f32};
 use crate::simd::moments;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -35,7 +35,7 @@ impl CustomOp3 for LayerNormOp {
         let d = width(l1.dims(), l2.shape().elem_count(), l3.shape().elem_count())?;
         let (x, g, b) =
             (f32_slice(s1, l1, "layer_norm")?, f32_slice(s2, l2, "layer_norm")?, f32_slice(s3, l3, "layer_norm")?);
-        let mut y = vec![0f32; x.len()];
+        let mut y = uninit_vec(x.len());
         y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
             let (mean, rstd) = moments(x, self.eps);
             for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(g).zip(b) {
@@ -61,7 +61,7 @@ impl CustomOp3 for LayerNormOp {
                     let rows = x.len() / d;
                     let chunks = (4 * threads()).min(rows).max(1);
                     let per = rows.div_ceil(chunks);
-                    let mut dx = vec![0f32; x.len()];
+                    let mut dx = uninit_vec(x.len());
                     let (dg, db) = dx
                         .par_chunks_mut(per * d)
                         .zip(x.par_chunks(per * d).zip(dy.par_chunks(per * d)))

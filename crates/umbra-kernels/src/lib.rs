@@ -1,7 +1,7 @@
 //! umbra's kernel layer.
 //!
 //! Every model in umbra calls the functions in this module instead of candle's own ops for the hot
-//! paths (conv2d, group norm (+SiLU), attention, nearest upsampling, layer norm, softmax). Each function
+//! paths (conv2d, linear, group norm (+SiLU), attention, nearest upsampling, layer norm, softmax). Each function
 //! has a *reference* implementation in [`reference`] written as a composition of plain candle ops whose
 //! backward passes are correct (candle's fused `softmax_last_dim`, `layer_norm` and `rms_norm` have no
 //! gradient, and `upsample_nearest2d`'s backward overwrites instead of accumulating). Fast CPU
@@ -19,6 +19,7 @@ mod cpu_storage;
 mod elementwise;
 mod group_norm;
 mod layer_norm;
+mod linear;
 pub mod reference;
 mod simd;
 
@@ -117,6 +118,15 @@ pub fn conv2d_image_bias(
         conv2d::conv2d_image_bias(x, w, b, image_bias, stride, padding)
     } else {
         reference::conv2d_image_bias(x, w, b, image_bias, stride, padding)
+    }
+}
+
+/// Fully connected layer y = x·wᵀ + b over the last dimension of `x`, `w: [out, in]`, `b: [out]`.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if fast(&[x, w]) && b.is_none_or(|b| fast(&[b])) {
+        linear::linear(x, w, b)
+    } else {
+        reference::linear(x, w, b)
     }
 }
 

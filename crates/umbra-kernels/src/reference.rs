@@ -94,3 +94,27 @@ pub fn accum_dtype(dt: DType) -> DType {
         d => d,
     }
 }
+
+/// y = x·wᵀ + b over the last dimension (candle-nn's `Linear`: a 2-D matmul when `x` is contiguous).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let Some((&k, lead)) = dims.split_last() else {
+        candle_core::bail!("linear: the input must have at least one dimension")
+    };
+    let y = if lead.len() > 1 && x.is_contiguous() {
+        let n: usize = lead.iter().product();
+        let mut out = lead.to_vec();
+        out.push(w.dim(0)?);
+        x.reshape((n, k))?.matmul(&w.t()?)?.reshape(out)?
+    } else if lead.len() > 1 {
+        x.broadcast_matmul(&w.t()?)?
+    } else if lead.is_empty() {
+        x.unsqueeze(0)?.matmul(&w.t()?)?.squeeze(0)?
+    } else {
+        x.matmul(&w.t()?)?
+    };
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}

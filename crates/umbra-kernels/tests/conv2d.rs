@@ -40,6 +40,15 @@ fn conv2d_odd_shapes_match_reference() {
 }
 
 #[test]
+fn conv2d_same_padding_fast_path_edges() {
+    // Stride-1 "same" convolutions take the contiguous-run im2col/col2im path: wider kernels, and
+    // images narrower than the kernel, where the border columns cover the whole row.
+    case(2, 3, 4, 9, 5, 1, 2, true);
+    case(2, 2, 3, 1, 3, 1, 1, true);
+    case(1, 2, 2, 2, 5, 1, 2, false);
+}
+
+#[test]
 fn conv2d_large_tiles_match_reference() {
     // Enough channels × width that the im2col is cut into several row tiles.
     let (b, c, hw) = (2, 64, 48);

@@ -2,10 +2,11 @@
 //! is added to its features) so that ∇_{x_t} log p(y | x_t) can guide a diffusion sampler (Dhariwal &
 //! Nichol 2021). Its penultimate features feed the "classifier FID" sample metric.
 
+use crate::layers::Linear;
 use crate::layers::{silu, Conv2d, GroupNorm};
 use crate::unet::embeddings::{timestep_embedding, timesteps_for_batch};
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// Sizes of the classifier.
@@ -53,9 +54,9 @@ impl Classifier {
             norm2: GroupNorm::new(vb.pp("norm2"), g(c2), c2, 1e-5)?,
             conv3: Conv2d::new(vb.pp("conv3"), c2, c3, 3, 2, 1)?,
             norm3: GroupNorm::new(vb.pp("norm3"), g(c3), c3, 1e-5)?,
-            time: if cfg.noise_conditional { Some(candle_nn::linear(c1, c1, vb.pp("time"))?) } else { None },
-            fc: candle_nn::linear(c3, cfg.feature_dim, vb.pp("fc"))?,
-            head: candle_nn::linear(cfg.feature_dim, cfg.num_classes, vb.pp("head"))?,
+            time: if cfg.noise_conditional { Some(crate::layers::linear(c1, c1, vb.pp("time"))?) } else { None },
+            fc: crate::layers::linear(c3, cfg.feature_dim, vb.pp("fc"))?,
+            head: crate::layers::linear(cfg.feature_dim, cfg.num_classes, vb.pp("head"))?,
             config: cfg.clone(),
         })
     }

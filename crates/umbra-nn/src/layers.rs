@@ -5,7 +5,47 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-pub use candle_nn::{linear, linear_no_bias, Linear};
+/// Fully connected layer y = x·Wᵀ + b over the last dimension, through the kernel layer (one `gemm` per
+/// product over all leading dimensions, the bias fused into the output). Same parameters and
+/// initialisation as `candle_nn::Linear`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        umbra_kernels::linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// A linear layer `weight [out, in]`, `bias [out]` under `vb` (candle-nn's initialisation when training:
+/// Kaiming-normal weight, uniform ±1/√in bias).
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let l = candle_nn::linear(in_dim, out_dim, vb)?;
+    Ok(Linear::new(l.weight().clone(), l.bias().cloned()))
+}
+
+/// A linear layer without bias.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let l = candle_nn::linear_no_bias(in_dim, out_dim, vb)?;
+    Ok(Linear::new(l.weight().clone(), None))
+}
 
 /// 2-D convolution (`groups = 1`, square kernel) through the kernel layer.
 #[derive(Debug, Clone)]

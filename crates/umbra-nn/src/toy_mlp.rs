@@ -3,9 +3,10 @@
 //!
 //! The same role as the UNet for images: `forward(x_t, t, class_labels)`.
 
+use crate::layers::Linear;
 use crate::unet::embeddings::timestep_embedding;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 /// Sizes of the toy MLP.
@@ -44,8 +45,8 @@ pub struct ToyMlp {
 impl ToyMlp {
     pub fn new(vb: VarBuilder, cfg: &ToyMlpConfig) -> Result<Self> {
         let h = cfg.hidden;
-        let input = candle_nn::linear(cfg.dim, h, vb.pp("input"))?;
-        let time = candle_nn::linear(cfg.time_dim, h, vb.pp("time"))?;
+        let input = crate::layers::linear(cfg.dim, h, vb.pp("input"))?;
+        let time = crate::layers::linear(cfg.time_dim, h, vb.pp("time"))?;
         let class_embedding = match cfg.num_class_embeds {
             Some(k) => {
                 let w = vb.pp("class_embedding").get_with_hints(
@@ -58,8 +59,8 @@ impl ToyMlp {
             None => None,
         };
         let blocks =
-            (0..cfg.layers).map(|i| candle_nn::linear(h, h, vb.pp("blocks").pp(i))).collect::<Result<Vec<_>>>()?;
-        let output = candle_nn::linear(h, cfg.dim, vb.pp("output"))?;
+            (0..cfg.layers).map(|i| crate::layers::linear(h, h, vb.pp("blocks").pp(i))).collect::<Result<Vec<_>>>()?;
+        let output = crate::layers::linear(h, cfg.dim, vb.pp("output"))?;
         Ok(Self { input, time, class_embedding, blocks, output, config: cfg.clone() })
     }
 

@@ -3,9 +3,10 @@
 //! (`CrossAttnUpBlock2D` / `UpBlock2D`) and the mid block (`UNetMidBlock2DCrossAttn`).
 
 use super::transformer::{Transformer2DConfig, Transformer2DModel};
+use crate::layers::Linear;
 use crate::layers::{Conv2d, GroupNorm};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// Settings of one [`ResnetBlock2D`].
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +44,7 @@ impl ResnetBlock2D {
         let time_emb_proj = match cfg.temb_channels {
             Some(t) => {
                 let out = if cfg.scale_shift { 2 * cout } else { cout };
-                Some(candle_nn::linear(t, out, vb.pp("time_emb_proj"))?)
+                Some(crate::layers::linear(t, out, vb.pp("time_emb_proj"))?)
             }
             None => None,
         };

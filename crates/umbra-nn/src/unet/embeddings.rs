@@ -1,8 +1,9 @@
 //! Timestep and class conditioning of the UNet: the sinusoidal timestep features, the MLP that turns them
 //! into the time embedding, and the optional class embedding that is added to it.
 
+use crate::layers::Linear;
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 /// Sinusoidal timestep features (Vaswani et al. 2017 positional encoding as used by DDPM, Ho et al. 2020),
 /// exactly diffusers' `get_timestep_embedding`:
@@ -54,8 +55,8 @@ pub struct TimestepEmbedding {
 
 impl TimestepEmbedding {
     pub fn new(vb: VarBuilder, in_dim: usize, time_embed_dim: usize) -> Result<Self> {
-        let linear_1 = candle_nn::linear(in_dim, time_embed_dim, vb.pp("linear_1"))?;
-        let linear_2 = candle_nn::linear(time_embed_dim, time_embed_dim, vb.pp("linear_2"))?;
+        let linear_1 = crate::layers::linear(in_dim, time_embed_dim, vb.pp("linear_1"))?;
+        let linear_2 = crate::layers::linear(time_embed_dim, time_embed_dim, vb.pp("linear_2"))?;
         Ok(Self { linear_1, linear_2 })
     }
 }

@@ -2,9 +2,10 @@
 //! the multi-head `Attention` it uses for self- and cross-attention, and the GEGLU feed-forward.
 //! Key names follow diffusers (`attn1.to_q`, `attn2.to_out.0`, `ff.net.0.proj`, ...).
 
+use crate::layers::Linear;
 use crate::layers::{Conv2d, GroupNorm, LayerNorm};
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// Multi-head scaled dot-product attention, softmax(Q Kᵀ / √d) V (Vaswani et al. 2017), with diffusers'
 /// parameter names. Keys and values come from `context` (cross-attention) or, when `context` is `None`,
@@ -39,15 +40,15 @@ impl Attention {
         let context_dim = context_dim.unwrap_or(query_dim);
         let lin = |i, o, name: &str| {
             if qkv_bias {
-                candle_nn::linear(i, o, vb.pp(name))
+                crate::layers::linear(i, o, vb.pp(name))
             } else {
-                candle_nn::linear_no_bias(i, o, vb.pp(name))
+                crate::layers::linear_no_bias(i, o, vb.pp(name))
             }
         };
         let to_q = lin(query_dim, inner, "to_q")?;
         let to_k = lin(context_dim, inner, "to_k")?;
         let to_v = lin(context_dim, inner, "to_v")?;
-        let to_out = candle_nn::linear(inner, query_dim, vb.pp("to_out").pp("0"))?;
+        let to_out = crate::layers::linear(inner, query_dim, vb.pp("to_out").pp("0"))?;
         Ok(Self { to_q, to_k, to_v, to_out, heads, dim_head, upcast, query_dim, context_dim })
     }
 
@@ -114,8 +115,8 @@ pub struct FeedForward {
 impl FeedForward {
     pub fn new(vb: VarBuilder, dim: usize, mult: usize) -> Result<Self> {
         let inner = dim * mult;
-        let proj_in = candle_nn::linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?;
-        let proj_out = candle_nn::linear(inner, dim, vb.pp("net").pp("2"))?;
+        let proj_in = crate::layers::linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?;
+        let proj_out = crate::layers::linear(inner, dim, vb.pp("net").pp("2"))?;
         Ok(Self { proj_in, proj_out, inner })
     }
 }
@@ -212,8 +213,8 @@ impl Transformer2DModel {
         let norm = GroupNorm::new(vb.pp("norm"), cfg.norm_num_groups, in_channels, 1e-6)?;
         let (proj_in, proj_out) = if cfg.use_linear_projection {
             (
-                Projection::Linear(candle_nn::linear(in_channels, inner, vb.pp("proj_in"))?),
-                Projection::Linear(candle_nn::linear(inner, in_channels, vb.pp("proj_out"))?),
+                Projection::Linear(crate::layers::linear(in_channels, inner, vb.pp("proj_in"))?),
+                Projection::Linear(crate::layers::linear(inner, in_channels, vb.pp("proj_out"))?),
             )
         } else {
             (

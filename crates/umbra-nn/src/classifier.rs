@@ -20,15 +20,36 @@ pub struct ClassifierConfig {
     pub feature_dim: usize,
     /// Add a sinusoidal time embedding (noise-conditional classifier for guidance).
     pub noise_conditional: bool,
+    /// `[h, w]` of the last feature map to flatten into the feature layer (see
+    /// [`ClassifierConfig::flatten_for`]); `None` averages it globally (position-blind, which caps MNIST
+    /// test accuracy near 97.6%; checkpoints written before this field existed).
+    #[serde(default)]
+    pub flatten: Option<[usize; 2]>,
+}
+
+impl ClassifierConfig {
+    /// The `flatten` setting for `height × width` input images: two stride-2 3×3 convolutions with padding 1.
+    pub fn flatten_for(height: usize, width: usize) -> Option<[usize; 2]> {
+        let half = |n: usize| n.saturating_sub(1) / 2 + 1;
+        Some([half(half(height)), half(half(width))])
+    }
 }
 
 impl Default for ClassifierConfig {
     fn default() -> Self {
-        Self { in_channels: 1, num_classes: 10, channels: [32, 64, 64], feature_dim: 128, noise_conditional: false }
+        Self {
+            in_channels: 1,
+            num_classes: 10,
+            channels: [32, 64, 64],
+            feature_dim: 128,
+            noise_conditional: false,
+            flatten: None,
+        }
     }
 }
 
-/// conv3×3 → [GN, SiLU, conv3×3 stride 2]×2 → GN, SiLU → global mean → Linear (features) → SiLU → Linear (logits).
+/// conv3×3 → [GN, SiLU, conv3×3 stride 2]×2 → GN, SiLU → flatten (or global mean) → Linear (features) → SiLU →
+/// Linear (logits).
 #[derive(Debug, Clone)]
 pub struct Classifier {
     pub conv1: Conv2d,
@@ -55,7 +76,7 @@ impl Classifier {
             conv3: Conv2d::new(vb.pp("conv3"), c2, c3, 3, 2, 1)?,
             norm3: GroupNorm::new(vb.pp("norm3"), g(c3), c3, 1e-5)?,
             time: if cfg.noise_conditional { Some(crate::layers::linear(c1, c1, vb.pp("time"))?) } else { None },
-            fc: crate::layers::linear(c3, cfg.feature_dim, vb.pp("fc"))?,
+            fc: crate::layers::linear(c3 * cfg.flatten.map_or(1, |[h, w]| h * w), cfg.feature_dim, vb.pp("fc"))?,
             head: crate::layers::linear(cfg.feature_dim, cfg.num_classes, vb.pp("head"))?,
             config: cfg.clone(),
         })
@@ -77,7 +98,22 @@ impl Classifier {
         }
         let h = self.conv2.forward(&self.norm1.forward_silu(&h)?)?;
         let h = self.conv3.forward(&self.norm2.forward_silu(&h)?)?;
-        let h = self.norm3.forward_silu(&h)?.flatten_from(2)?.mean(D::Minus1)?;
+        let h = self.norm3.forward_silu(&h)?;
+        let h = match self.config.flatten {
+            None => h.flatten_from(2)?.mean(D::Minus1)?,
+            Some([fh, fw]) => {
+                let (_, _, hh, hw) = h.dims4()?;
+                if (hh, hw) != (fh, fw) {
+                    candle_core::bail!(
+                        "classifier: built for {fh}×{fw} feature maps ({}×{} images) but got {hh}×{hw}; classify \
+                         images of the size it was trained on",
+                        4 * fh,
+                        4 * fw
+                    );
+                }
+                h.flatten_from(1)?
+            }
+        };
         self.fc.forward(&h)
     }
 

@@ -109,3 +109,36 @@ fn noise_conditional_classifier_every_parameter_gets_a_gradient() {
     assert_eq!(g.dims(), x.dims());
     assert!(g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
 }
+
+#[test]
+fn flatten_head_classifier_every_parameter_gets_a_gradient() {
+    let dev = Device::Cpu;
+    let flatten = umbra_nn::classifier::ClassifierConfig::flatten_for(12, 12);
+    assert_eq!(flatten, Some([3, 3]), "12 -> 6 -> 3 through two stride-2 convolutions");
+    assert_eq!(umbra_nn::classifier::ClassifierConfig::flatten_for(28, 28), Some([7, 7]));
+    let cfg = ClassifierTrainConfig {
+        dataset: "test".into(),
+        data_dir: None,
+        net: umbra_nn::classifier::ClassifierConfig {
+            channels: [8, 16, 16],
+            feature_dim: 16,
+            flatten,
+            ..Default::default()
+        },
+        schedule: "linear".into(),
+        timesteps: 1000,
+        batch_size: 4,
+        lr: 1e-3,
+        seed: 0,
+        steps: 1,
+    };
+    let c = TrainedClassifier::new(cfg, &dev).unwrap();
+    let x = Tensor::randn(0f32, 0.5, (6, 1, 12, 12), &dev).unwrap();
+    let y = Tensor::from_vec(vec![0u32, 1, 2, 3, 4, 5], 6, &dev).unwrap();
+    let loss = c.loss(&x, &y, 0).unwrap();
+    check_all_grads(&c.varmap, &loss, "flatten-head classifier");
+    // Images of another size are refused with a message, not a shape panic.
+    let wrong = Tensor::randn(0f32, 0.5, (2, 1, 16, 16), &dev).unwrap();
+    let err = c.loss(&wrong, &y.narrow(0, 0, 2).unwrap(), 0).unwrap_err().to_string();
+    assert!(err.contains("trained on"), "unexpected error: {err}");
+}

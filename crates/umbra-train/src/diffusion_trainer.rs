@@ -457,6 +457,17 @@ impl DiffusionTrainer {
         Ok(t)
     }
 
+    /// Replaces the learning rate from the next step on (e.g. a lower rate for the last part of a resumed
+    /// run); the run's config records it.
+    pub fn set_lr(&mut self, lr: f64) -> Result<(), TrainError> {
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(TrainError::Invalid(format!("learning rate must be positive, got {lr}")));
+        }
+        self.config.lr = lr;
+        self.opt.set_lr(lr);
+        Ok(())
+    }
+
     pub fn checkpoint(&self) -> Result<Checkpoint, TrainError> {
         let cfg = serde_json::to_value(&self.config).map_err(|e| TrainError::Invalid(e.to_string()))?;
         let mut ck = Checkpoint::new(KIND, cfg);

@@ -82,7 +82,8 @@ pub struct TrainArgs {
     /// Batch size (default 256 for toy data, 64 for images).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Learning rate (default 2e-3 toy, 5e-4 images).
+    /// Learning rate (default 2e-3 toy, 5e-4 images). With --resume: replaces the run's rate from its
+    /// current step on (e.g. lower it for the last part of a long run).
     #[arg(long)]
     pub lr: Option<f64>,
     /// EMA decay of the sampling weights.
@@ -194,9 +195,13 @@ fn build_config(a: &TrainArgs, ds: &Dataset) -> anyhow::Result<DiffusionConfig> 
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let dev = super::sd::parse_device(&a.device)?;
     let mut trainer = if a.resume {
-        let t = DiffusionTrainer::resume(&a.out, &dev, a.steps)
+        let mut t = DiffusionTrainer::resume(&a.out, &dev, a.steps)
             .with_context(|| format!("--resume: cannot continue the run in {}", a.out.display()))?;
         eprintln!("resuming {} at step {} of {}", a.out.display(), t.step, t.config.steps);
+        if let Some(lr) = a.lr {
+            eprintln!("learning rate {} -> {lr} from step {}", t.config.lr, t.step);
+            t.set_lr(lr)?;
+        }
         t
     } else {
         let ds = load(&a.dataset, a.data.as_deref(), Split::Train)?;

@@ -52,6 +52,10 @@ impl ConvGeom {
         let wo = (wd + 2 * pad - k) / stride + 1;
         Ok(Self { b, cin, h, w: wd, cout, k, stride, pad, ho, wo })
     }
+    /// The convolution that maps dy back to dx for a stride-1 "same" convolution: channels swapped.
+    fn transposed(&self) -> Self {
+        Self { cin: self.cout, cout: self.cin, h: self.ho, w: self.wo, ..*self }
+    }
     fn ckk(&self) -> usize {
         self.cin * self.k * self.k
     }
@@ -337,6 +341,7 @@ fn backward_image(
     db: &mut [f32],
     col: &mut [f32],
     dcol: &mut [f32],
+    wflip: Option<&[f32]>,
     par: gemm::Parallelism,
 ) {
     let howo = g.ho * g.wo;
@@ -388,7 +393,10 @@ fn backward_image(
         let ckk = g.ckk();
         let tr = g.tile_rows();
         let mut dx = dx;
-        if let Some(dx) = dx.as_deref_mut() {
+        // Stride-1 "same" convolutions get dx as a convolution of dy with the flipped, transposed kernel
+        // (below); the others scatter Wᵀ·dy back with col2im.
+        let scatter = wflip.is_none();
+        if let Some(dx) = dx.as_deref_mut().filter(|_| scatter) {
             dx.fill(0.0);
         }
         let mut oy0 = 0;
@@ -399,12 +407,42 @@ fn backward_image(
             im2col(g, x, oy0, oy1, &mut col[..ckk * n]);
             // dW[cout, ckk] += dy_tile[cout, n] · colᵀ[n, ckk]
             sgemm(g.cout, ckk, n, dw.as_mut_ptr(), ckk, 1, true, dyt, howo, 1, col.as_ptr(), 1, n, 1.0, par);
-            if let Some(dx) = dx.as_deref_mut() {
+            if let Some(dx) = dx.as_deref_mut().filter(|_| scatter) {
                 // dcol[ckk, n] = Wᵀ[ckk, cout] · dy_tile[cout, n]
                 sgemm(ckk, n, g.cout, dcol.as_mut_ptr(), n, 1, false, w.as_ptr(), 1, ckk, dyt, howo, 1, 1.0, par);
                 col2im_add(g, &mut dcol[..ckk * n], oy0, oy1, dx);
             }
             oy0 = oy1;
+        }
+        if let (Some(dx), Some(wf)) = (dx, wflip) {
+            // dx = W' ⋆ dy with W'[ci, co, ky, kx] = W[co, ci, k−1−ky, k−1−kx]: one gemm per tile with
+            // K = cout·k², written straight into dx (no col2im scatter, no zero fill).
+            let gt = g.transposed();
+            let (ckk_t, tr_t) = (gt.ckk(), gt.tile_rows());
+            let mut oy0 = 0;
+            while oy0 < gt.ho {
+                let oy1 = (oy0 + tr_t).min(gt.ho);
+                let n = (oy1 - oy0) * gt.wo;
+                im2col(&gt, dy, oy0, oy1, &mut dcol[..ckk_t * n]);
+                sgemm(
+                    gt.cout,
+                    n,
+                    ckk_t,
+                    dx.as_mut_ptr().add(oy0 * gt.wo),
+                    howo,
+                    1,
+                    false,
+                    wf.as_ptr(),
+                    ckk_t,
+                    1,
+                    dcol.as_ptr(),
+                    n,
+                    1,
+                    1.0,
+                    par,
+                );
+                oy0 = oy1;
+            }
         }
     }
 }
@@ -430,6 +468,22 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, 
     y
 }
 
+/// W'[ci, co, ky, kx] = W[co, ci, k−1−ky, k−1−kx]: the kernel that convolves dy into dx.
+fn flip_transpose(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
+    let (k, kk) = (g.k, g.k * g.k);
+    let mut wf = uninit_vec(w.len());
+    for co in 0..g.cout {
+        for ci in 0..g.cin {
+            let src = &w[(co * g.cin + ci) * kk..][..kk];
+            let dst = &mut wf[(ci * g.cout + co) * kk..][..kk];
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = src[(k - 1 - j / k) * k + (k - 1 - j % k)];
+            }
+        }
+    }
+    wf
+}
+
 /// Gradients of a convolution: (dx if `need_dx`, dW, db per image `[b, cout]`).
 pub(crate) fn backward(
     g: &ConvGeom,
@@ -449,11 +503,13 @@ pub(crate) fn backward(
     let par_batch = g.b >= nt && nt > 1;
     let chunks = if par_batch { g.b.min(2 * nt) } else { 1 };
     let inner_par = if par_batch { gemm::Parallelism::None } else { gemm_par(nt) };
+    let wflip = (need_dx && same_s1(g) && !g.pointwise()).then(|| flip_transpose(g, w));
+    let dcol_len = if wflip.is_some() { g.transposed().col_len() } else { g.col_len() };
     let run_chunk = |c: usize| -> Vec<f32> {
         let (i0, i1) = (c * g.b / chunks, (c + 1) * g.b / chunks);
         let mut dw = vec![0f32; wlen];
         let mut col = uninit_vec(g.col_len());
-        let mut dcol = if need_dx { uninit_vec(g.col_len()) } else { Vec::new() };
+        let mut dcol = if need_dx { uninit_vec(dcol_len) } else { Vec::new() };
         for i in i0..i1 {
             // SAFETY: image i's slices of dx and db are written by exactly one chunk.
             let dxi = if need_dx {
@@ -472,6 +528,7 @@ pub(crate) fn backward(
                 dbi,
                 &mut col,
                 &mut dcol,
+                wflip.as_deref(),
                 inner_par,
             );
         }

@@ -330,6 +330,10 @@ fn forward_image(
 }
 
 /// One image of the backward pass: dW += dy · colᵀ, dx = col2im(Wᵀ · dy) (if wanted), db += Σ dy.
+///
+/// dW is accumulated transposed, `dwt: [cin·k², cout]`: a column-major destination lets `gemm` keep
+/// the small dy tile as its left operand (it packs that, 64 × n) and read the im2col tile in place,
+/// instead of transposing and packing the 9× larger im2col tile.
 #[allow(clippy::too_many_arguments)]
 fn backward_image(
     g: &ConvGeom,
@@ -337,7 +341,7 @@ fn backward_image(
     w: &[f32],
     dy: &[f32],
     dx: Option<&mut [f32]>,
-    dw: &mut [f32],
+    dwt: &mut [f32],
     db: &mut [f32],
     col: &mut [f32],
     dcol: &mut [f32],
@@ -350,14 +354,14 @@ fn backward_image(
     }
     unsafe {
         if g.pointwise() {
-            // dW[cout, cin] += dy[cout, hw] · xᵀ[hw, cin]
+            // dW[cout, cin] += dy[cout, hw] · xᵀ[hw, cin], into the transposed accumulator
             sgemm(
                 g.cout,
                 g.cin,
                 howo,
-                dw.as_mut_ptr(),
-                g.cin,
+                dwt.as_mut_ptr(),
                 1,
+                g.cout,
                 true,
                 dy.as_ptr(),
                 howo,
@@ -405,8 +409,8 @@ fn backward_image(
             let n = (oy1 - oy0) * g.wo;
             let dyt = dy.as_ptr().add(oy0 * g.wo);
             im2col(g, x, oy0, oy1, &mut col[..ckk * n]);
-            // dW[cout, ckk] += dy_tile[cout, n] · colᵀ[n, ckk]
-            sgemm(g.cout, ckk, n, dw.as_mut_ptr(), ckk, 1, true, dyt, howo, 1, col.as_ptr(), 1, n, 1.0, par);
+            // dW[cout, ckk] += dy_tile[cout, n] · colᵀ[n, ckk], into the transposed accumulator
+            sgemm(g.cout, ckk, n, dwt.as_mut_ptr(), 1, g.cout, true, dyt, howo, 1, col.as_ptr(), 1, n, 1.0, par);
             if let Some(dx) = dx.as_deref_mut().filter(|_| scatter) {
                 // dcol[ckk, n] = Wᵀ[ckk, cout] · dy_tile[cout, n]
                 sgemm(ckk, n, g.cout, dcol.as_mut_ptr(), n, 1, false, w.as_ptr(), 1, ckk, dyt, howo, 1, 1.0, par);
@@ -507,7 +511,7 @@ pub(crate) fn backward(
     let dcol_len = if wflip.is_some() { g.transposed().col_len() } else { g.col_len() };
     let run_chunk = |c: usize| -> Vec<f32> {
         let (i0, i1) = (c * g.b / chunks, (c + 1) * g.b / chunks);
-        let mut dw = vec![0f32; wlen];
+        let mut dwt = vec![0f32; wlen];
         let mut col = uninit_vec(g.col_len());
         let mut dcol = if need_dx { uninit_vec(dcol_len) } else { Vec::new() };
         for i in i0..i1 {
@@ -524,7 +528,7 @@ pub(crate) fn backward(
                 w,
                 &dy[i * out_len..(i + 1) * out_len],
                 dxi,
-                &mut dw,
+                &mut dwt,
                 dbi,
                 &mut col,
                 &mut dcol,
@@ -532,9 +536,9 @@ pub(crate) fn backward(
                 inner_par,
             );
         }
-        dw
+        dwt
     };
-    let dw = if chunks > 1 {
+    let dwt = if chunks > 1 {
         (0..chunks).into_par_iter().map(run_chunk).reduce(
             || vec![0f32; wlen],
             |mut a, b| {
@@ -545,6 +549,14 @@ pub(crate) fn backward(
     } else {
         run_chunk(0)
     };
+    // dwt is [cin·k², cout]; the weight gradient is [cout, cin·k²].
+    let ckk = g.ckk();
+    let mut dw = uninit_vec(wlen);
+    for (co, row) in dw.chunks_mut(ckk.max(1)).enumerate() {
+        for (j, d) in row.iter_mut().enumerate() {
+            *d = dwt[j * g.cout + co];
+        }
+    }
     (dx, dw, db)
 }
 

@@ -1,7 +1,9 @@
 //! 2-D convolution on CPU (`f32`, `groups = 1`): per-image, per-row-tile im2col + `gemm`, parallel over
 //! the batch; backward computes the input, weight and bias gradients in one pass over the batch.
 
-use crate::cpu_storage::{f32_slice, gemm_par, output, sgemm, tensor, threads, uninit_vec, with_f32, SendPtr};
+use crate::cpu_storage::{
+    f32_slice, gemm_par, output, sgemm, tensor, threads, tune_gemm, uninit_vec, with_f32, SendPtr,
+};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -454,6 +456,7 @@ fn backward_image(
 /// Forward over the batch: parallel over images when there are enough of them, otherwise gemm is parallel.
 /// `bias` is `[cout]`, or `[b, cout]` (one bias per image) when `per_image`.
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, per_image: bool) -> Vec<f32> {
+    tune_gemm();
     // Every output value is written: the bias fill (or a non-accumulating gemm) covers each image.
     let mut y = uninit_vec(g.b * g.out_len());
     let nt = threads();
@@ -496,6 +499,7 @@ pub(crate) fn backward(
     dy: &[f32],
     need_dx: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    tune_gemm();
     let nt = threads();
     let wlen = g.cout * g.ckk();
     // backward_image zero-fills (or overwrites) each image's dx before accumulating into it.

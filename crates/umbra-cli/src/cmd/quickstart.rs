@@ -33,10 +33,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let stages: Vec<(&str, &str, Stage)> = vec![
         ("kl", "forward vs reverse KL lab", super::kl::run_lab),
         ("data", "dataset grids and toy 2-D scatters", super::data::quickstart_grids),
-        ("vae", "a VAE trained on the built-in 8x8 digits (about 40 s on 2 cores)", super::vae::quickstart_digits),
+        ("vae", "a VAE trained on the built-in 8x8 digits (about 5 s on 2 cores)", super::vae::quickstart_digits),
         (
             "diffusion",
-            "a diffusion model on two moons, sampled with several solvers (about 15 s)",
+            "a diffusion model on two moons, sampled with several solvers (about 5 s)",
             super::diffusion::quickstart_toy,
         ),
     ];

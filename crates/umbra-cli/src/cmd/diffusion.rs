@@ -1018,8 +1018,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         }
         let cls = TrainedClassifier::load(cp, &dev)?;
         let test = load(&m.config.dataset, m.config.data_dir.as_deref().map(Path::new), Split::Test)?;
-        let nt = a.fid_n.max(2).min(test.len());
-        let idx: Vec<usize> = (0..nt).collect();
+        // The cells compare fid_n samples with the first fid_n test images; the floor compares those
+        // with the next fid_n test images, so both distances carry the same small-sample bias.
+        let nref = a.fid_n.max(2).min(test.len() / 2);
+        let idx: Vec<usize> = (0..2 * nref).collect();
         let mut tf = Vec::new();
         for c in idx.chunks(250) {
             let (x, _) = umbra_train::classifier_trainer::image_batch(&test, c, &dev)?;
@@ -1049,7 +1051,8 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             let solver = build_solver(name, None, &sc)?;
             md.push_str(&format!("| {} |", solver.kind()));
             for &st in &steps {
-                let (acc, fid) = quality_cell(&m, &cls, solver.as_ref(), st, a.fid_n, a.guidance, &tf, crop, a.seed)?;
+                let (acc, fid) =
+                    quality_cell(&m, &cls, solver.as_ref(), st, a.fid_n, a.guidance, &tf[..nref], crop, a.seed)?;
                 md.push_str(&format!(" {:.1} / {:.2} |", 100.0 * acc, fid));
                 pb.inc(1);
                 // eprintln under suspend, not pb.println: the latter is hidden when stderr is not a terminal.
@@ -1061,10 +1064,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         }
         pb.finish_and_clear();
         // Reference: test images against themselves (the floor of the metric at this sample size).
-        let half = tf.len() / 2;
         md.push_str(&format!(
-            "\nReference: classifier FID between two halves of the test set = {:.2}\n",
-            frechet_distance_of_features(&tf[..half], &tf[half..])
+            "\nReference: classifier FID between test images 0..{nref} and {nref}..{} (the floor at this sample size) = {:.2}\n",
+            2 * nref,
+            frechet_distance_of_features(&tf[..nref], &tf[nref..2 * nref])
         ));
         println!("{md}");
         std::fs::write(out.join("fid_table.md"), &md)?;

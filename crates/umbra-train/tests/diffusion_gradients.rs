@@ -80,26 +80,30 @@ fn class_conditional_unet_every_parameter_gets_a_gradient() {
     check_all_grads(&t.varmap, &loss, "UNet2DConditionModel");
 }
 
-#[test]
-fn noise_conditional_classifier_every_parameter_gets_a_gradient() {
-    let dev = Device::Cpu;
-    let cfg = ClassifierTrainConfig {
+/// A tiny classifier (channels 8/16/16, 16 features) for gradient checks.
+fn small_classifier_net() -> umbra_nn::classifier::ClassifierConfig {
+    umbra_nn::classifier::ClassifierConfig { channels: [8, 16, 16], feature_dim: 16, ..Default::default() }
+}
+
+fn classifier_config(net: umbra_nn::classifier::ClassifierConfig) -> ClassifierTrainConfig {
+    ClassifierTrainConfig {
         dataset: "test".into(),
         data_dir: None,
-        net: umbra_nn::classifier::ClassifierConfig {
-            noise_conditional: true,
-            channels: [8, 16, 16],
-            feature_dim: 16,
-            ..Default::default()
-        },
+        net,
         schedule: "linear".into(),
         timesteps: 1000,
         batch_size: 4,
         lr: 1e-3,
         seed: 0,
         steps: 1,
-    };
-    let c = TrainedClassifier::new(cfg, &dev).unwrap();
+    }
+}
+
+#[test]
+fn noise_conditional_classifier_every_parameter_gets_a_gradient() {
+    let dev = Device::Cpu;
+    let net = umbra_nn::classifier::ClassifierConfig { noise_conditional: true, ..small_classifier_net() };
+    let c = TrainedClassifier::new(classifier_config(net), &dev).unwrap();
     let x = Tensor::randn(0f32, 0.5, (6, 1, 12, 12), &dev).unwrap();
     let y = Tensor::from_vec(vec![0u32, 1, 2, 3, 4, 5], 6, &dev).unwrap();
     let loss = c.loss(&x, &y, 0).unwrap();
@@ -116,23 +120,8 @@ fn flatten_head_classifier_every_parameter_gets_a_gradient() {
     let flatten = umbra_nn::classifier::ClassifierConfig::flatten_for(12, 12);
     assert_eq!(flatten, Some([3, 3]), "12 -> 6 -> 3 through two stride-2 convolutions");
     assert_eq!(umbra_nn::classifier::ClassifierConfig::flatten_for(28, 28), Some([7, 7]));
-    let cfg = ClassifierTrainConfig {
-        dataset: "test".into(),
-        data_dir: None,
-        net: umbra_nn::classifier::ClassifierConfig {
-            channels: [8, 16, 16],
-            feature_dim: 16,
-            flatten,
-            ..Default::default()
-        },
-        schedule: "linear".into(),
-        timesteps: 1000,
-        batch_size: 4,
-        lr: 1e-3,
-        seed: 0,
-        steps: 1,
-    };
-    let c = TrainedClassifier::new(cfg, &dev).unwrap();
+    let net = umbra_nn::classifier::ClassifierConfig { flatten, ..small_classifier_net() };
+    let c = TrainedClassifier::new(classifier_config(net), &dev).unwrap();
     let x = Tensor::randn(0f32, 0.5, (6, 1, 12, 12), &dev).unwrap();
     let y = Tensor::from_vec(vec![0u32, 1, 2, 3, 4, 5], 6, &dev).unwrap();
     let loss = c.loss(&x, &y, 0).unwrap();

@@ -2,7 +2,7 @@
 //! the batch; backward computes the input, weight and bias gradients in one pass over the batch.
 
 use crate::cpu_storage::{
-    f32_slice, gemm_par, output, sgemm, tensor, threads, tune_gemm, uninit_vec, with_f32, SendPtr,
+    add_assign, f32_slice, gemm_par, output, sgemm, tensor, threads, tune_gemm, uninit_vec, with_f32, SendPtr,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -546,7 +546,7 @@ pub(crate) fn backward(
         (0..chunks).into_par_iter().map(run_chunk).reduce(
             || vec![0f32; wlen],
             |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                add_assign(&mut a, &b);
                 a
             },
         )
@@ -618,7 +618,7 @@ impl CustomOp3 for Conv2dOp {
         } else {
             let mut sum = vec![0f32; g.cout];
             for row in db.chunks(g.cout.max(1)) {
-                sum.iter_mut().zip(row).for_each(|(s, r)| *s += r);
+                add_assign(&mut sum, row);
             }
             Some(tensor(sum, b.shape())?)
         };

@@ -138,3 +138,8 @@ pub(crate) fn tune_gemm() {
         gemm::set_lhs_packing_threshold_multi_thread(64);
     });
 }
+
+/// acc += x, elementwise (partial gradient sums from parallel chunks).
+pub(crate) fn add_assign(acc: &mut [f32], x: &[f32]) {
+    acc.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+}

@@ -1,6 +1,6 @@
 //! Layer normalisation over the last dimension on CPU, with a fused backward (dx, dγ, dβ).
 
-use crate::cpu_storage::{f32_slice, output, tensor, threads, uninit_vec, with_f32};
+use crate::cpu_storage::{add_assign, f32_slice, output, tensor, threads, uninit_vec, with_f32};
 use crate::simd::moments;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -90,8 +90,8 @@ impl CustomOp3 for LayerNormOp {
                         .reduce(
                             || (vec![0f32; d], vec![0f32; d]),
                             |(mut a, mut b), (c, e)| {
-                                a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
-                                b.iter_mut().zip(&e).for_each(|(b, e)| *b += e);
+                                add_assign(&mut a, &c);
+                                add_assign(&mut b, &e);
                                 (a, b)
                             },
                         );

@@ -5,7 +5,7 @@
 //! (no separate broadcast add over the activation), and its gradient is a parallel column sum — candle's
 //! `broadcast_add` backward reduces the whole `[rows, out]` gradient on one thread.
 
-use crate::cpu_storage::{f32_slice, gemm_par, output, sgemm, tensor, threads, uninit_vec, with_f32};
+use crate::cpu_storage::{add_assign, f32_slice, gemm_par, output, sgemm, tensor, threads, uninit_vec, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -32,14 +32,14 @@ fn column_sums(dy: &[f32], n: usize, m: usize) -> Vec<f32> {
         .map(|c| {
             let mut s = vec![0f32; m];
             for r in c.chunks(m) {
-                s.iter_mut().zip(r).for_each(|(s, v)| *s += v);
+                add_assign(&mut s, r);
             }
             s
         })
         .reduce(
             || vec![0f32; m],
             |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                add_assign(&mut a, &b);
                 a
             },
         )

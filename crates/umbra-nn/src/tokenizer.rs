@@ -7,10 +7,17 @@
 //! Two sources give identical ids: a `tokenizer.json` (either merges format, `"a b"` strings or
 //! `["a", "b"]` pairs), or the classic `vocab.json` + `merges.txt` pair, for which the same
 //! normaliser / pre-tokeniser pipeline is assembled here.
+//!
+//! [`ClipTokenizer::builtin`] needs no files: OpenAI CLIP's BPE merge list (`bpe_simple_vocab_16e6.txt.gz`,
+//! MIT) is embedded in the binary and the 49408-token vocabulary is rebuilt from it exactly as OpenAI's
+//! `SimpleTokenizer` and transformers' `CLIPTokenizer` do; [`write_builtin_files`] writes it back as the
+//! `vocab.json` + `merges.txt` + configs of a diffusers `tokenizer/` folder.
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::models::bpe::BPE;
+use std::io::Read;
+
+use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::{Lowercase, Replace, Sequence as NormSequence, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
@@ -28,6 +35,13 @@ pub const MAX_LENGTH: usize = 77;
 const CLIP_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
+/// OpenAI CLIP's BPE merges, gzip-compressed (from the open_clip_torch wheel; MIT licence).
+static BUILTIN_BPE_GZ: &[u8] = include_bytes!("../assets/bpe_simple_vocab_16e6.txt.gz");
+/// Number of merges CLIP uses: 49152 − 256 − 2 (the file holds more; CLIP keeps the first ones).
+pub const BUILTIN_MERGES: usize = 49152 - 256 - 2;
+/// CLIP's vocabulary size: 256 byte tokens, their 256 `</w>` forms, one token per merge, BOS and EOS.
+pub const BUILTIN_VOCAB_SIZE: usize = 2 * 256 + BUILTIN_MERGES + 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     #[error("tokenizer folder {0}: neither tokenizer.json nor vocab.json + merges.txt found (a diffusers checkpoint keeps them under tokenizer/)")]
@@ -40,6 +54,10 @@ pub enum TokenizerError {
     Encode(String),
     #[error("max_length {0} is too small: it must leave room for <|startoftext|> and <|endoftext|>")]
     MaxLength(usize),
+    #[error("the built-in CLIP vocabulary is damaged: {0} (this is a build problem; reinstall umbra)")]
+    Builtin(String),
+    #[error("cannot write tokenizer file {path}: {msg}")]
+    Write { path: PathBuf, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, TokenizerError>;
@@ -95,7 +113,132 @@ fn read_pad_token(dir: &Path) -> Option<(String, Option<usize>)> {
     pad.map(|p| (p, max_len))
 }
 
+/// GPT-2/CLIP's reversible byte → unicode map (`bytes_to_unicode`): printable bytes map to themselves,
+/// the other 68 to U+0100 onwards, in byte order. Returned in the order CLIP numbers its first 256 tokens.
+pub fn bytes_to_unicode() -> Vec<(u8, char)> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let mut out: Vec<(u8, char)> =
+        (0u32..256).filter(|&b| printable(b)).map(|b| (b as u8, char::from_u32(b).expect("latin-1"))).collect();
+    let mut n = 0;
+    for b in 0u32..256 {
+        if !printable(b) {
+            out.push((b as u8, char::from_u32(256 + n).expect("valid code point")));
+            n += 1;
+        }
+    }
+    out
+}
+
+/// The built-in CLIP BPE as (vocabulary in id order, merges in rank order), rebuilt from the embedded
+/// merge list exactly as OpenAI's `SimpleTokenizer`: the 256 byte tokens, the same with `</w>`, the
+/// concatenation of each of the first 48894 merges, then `<|startoftext|>`, `<|endoftext|>`.
+pub fn builtin_vocab_merges() -> Result<(Vec<String>, Vec<(String, String)>)> {
+    let bad = |m: String| TokenizerError::Builtin(m);
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(BUILTIN_BPE_GZ).read_to_string(&mut text).map_err(|e| bad(e.to_string()))?;
+    // Line 0 is the "#version" header; CLIP keeps lines 1..=48894.
+    let merges: Vec<(String, String)> = text
+        .split('\n')
+        .skip(1)
+        .take(BUILTIN_MERGES)
+        .map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| bad("a merge line without a space".into()))?;
+    if merges.len() != BUILTIN_MERGES {
+        return Err(bad(format!("{} merges, expected {BUILTIN_MERGES}", merges.len())));
+    }
+    let bytes: Vec<String> = bytes_to_unicode().into_iter().map(|(_, c)| c.to_string()).collect();
+    let mut vocab = bytes.clone();
+    vocab.extend(bytes.iter().map(|b| format!("{b}</w>")));
+    vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+    vocab.push(BOS_TOKEN.to_string());
+    vocab.push(EOS_TOKEN.to_string());
+    if vocab.len() != BUILTIN_VOCAB_SIZE {
+        return Err(bad(format!("{} tokens, expected {BUILTIN_VOCAB_SIZE}", vocab.len())));
+    }
+    Ok((vocab, merges))
+}
+
+/// A JSON string literal as Python's `json.dump(..., ensure_ascii=False)` writes it.
+fn py_json_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// Write the built-in tokenizer into `dir` as transformers' `CLIPTokenizer.save_pretrained` lays it out:
+/// `vocab.json` (id order, as OpenAI/transformers build it), `merges.txt` (`#version: 0.2` + one merge
+/// per line), `tokenizer_config.json` and `special_tokens_map.json` (SD 1.x: pad = `<|endoftext|>`,
+/// 77 positions). Returns the written paths.
+pub fn write_builtin_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let (vocab, merges) = builtin_vocab_merges()?;
+    let werr = |p: &Path, e: std::io::Error| TokenizerError::Write { path: p.to_path_buf(), msg: e.to_string() };
+    std::fs::create_dir_all(dir).map_err(|e| werr(dir, e))?;
+    let mut v = String::with_capacity(1 << 20);
+    v.push('{');
+    for (i, t) in vocab.iter().enumerate() {
+        if i > 0 {
+            v.push_str(", ");
+        }
+        v.push_str(&py_json_str(t));
+        v.push_str(": ");
+        v.push_str(&i.to_string());
+    }
+    v.push('}');
+    let mut m = String::from("#version: 0.2\n");
+    for (a, b) in &merges {
+        m.push_str(a);
+        m.push(' ');
+        m.push_str(b);
+        m.push('\n');
+    }
+    let tok = |c: &str| serde_json::json!({"content": c, "single_word": false, "lstrip": false, "rstrip": false, "normalized": true});
+    let config = serde_json::json!({
+        "add_prefix_space": false,
+        "bos_token": BOS_TOKEN,
+        "clean_up_tokenization_spaces": false,
+        "do_lower_case": true,
+        "eos_token": EOS_TOKEN,
+        "errors": "replace",
+        "model_max_length": MAX_LENGTH,
+        "pad_token": EOS_TOKEN,
+        "tokenizer_class": "CLIPTokenizer",
+        "unk_token": EOS_TOKEN,
+    });
+    let special = serde_json::json!({
+        "bos_token": tok(BOS_TOKEN), "eos_token": tok(EOS_TOKEN), "pad_token": tok(EOS_TOKEN), "unk_token": tok(EOS_TOKEN),
+    });
+    let pretty = |j: &serde_json::Value| serde_json::to_string_pretty(j).expect("json") + "\n";
+    let files = [
+        ("vocab.json", v),
+        ("merges.txt", m),
+        ("tokenizer_config.json", pretty(&config)),
+        ("special_tokens_map.json", pretty(&special)),
+    ];
+    let mut out = Vec::new();
+    for (name, text) in files {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| werr(&p, e))?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
 impl ClipTokenizer {
+    /// The standard CLIP tokenizer (SD 1.x framing: 77 ids, padded with `<|endoftext|>`) from the vocabulary
+    /// embedded in the binary; needs no files. Ids equal transformers' `CLIPTokenizer` of
+    /// `openai/clip-vit-large-patch14`.
+    pub fn builtin() -> Result<Self> {
+        let (vocab, merges) = builtin_vocab_merges()?;
+        let v: Vocab = vocab.into_iter().enumerate().map(|(i, t)| (t, i as u32)).collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(v, merges)
+            .unk_token(EOS_TOKEN.to_string())
+            .continuing_subword_prefix(String::new())
+            .end_of_word_suffix("</w>".to_string())
+            .build()
+            .map_err(|e| TokenizerError::Builtin(e.to_string()))?;
+        Self::from_bpe(bpe, EOS_TOKEN, Path::new("<built-in CLIP vocabulary>"))
+    }
+
     /// Load from a diffusers `tokenizer/` folder: `tokenizer.json` when present and readable,
     /// otherwise `vocab.json` + `merges.txt`. The pad token comes from `tokenizer_config.json`
     /// (SD 1.x: `<|endoftext|>`, SD 2.x: `!`); `<|endoftext|>` if the folder does not say.
@@ -145,6 +288,12 @@ impl ClipTokenizer {
             .end_of_word_suffix("</w>".to_string())
             .build()
             .map_err(|e| load_err(merges, e))?;
+        Self::from_bpe(bpe, pad_token, vocab)
+    }
+
+    /// CLIP's normaliser (NFC, whitespace runs → one space, lower case) and pre-tokeniser (CLIP's regex,
+    /// then byte-level) around a BPE model; `vocab` names the source in errors.
+    fn from_bpe(bpe: BPE, pad_token: &str, vocab: &Path) -> Result<Self> {
         let mut inner = Tokenizer::new(bpe);
         let ws = Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
             .map_err(|e| load_err(vocab, e))?;

@@ -44,6 +44,9 @@ fn d_up() -> Vec<String> {
     vec!["UpDecoderBlock2D".into()]
 }
 
+/// The diffusers version whose `config.json` layout umbra writes (that of the tiny-sd-v1 reference).
+pub const DIFFUSERS_VERSION: &str = "0.42.1";
+
 /// `AutoencoderKL` config: diffusers' `config.json` field names and defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -108,6 +111,43 @@ impl Config {
     /// The tiny-sd-v1 reference layout: channels (32, 32, 64, 64), x8 downsampling like SD's.
     pub fn tiny() -> Self {
         Config { block_out_channels: vec![32, 32, 64, 64], sample_size: Some(64), ..Config::sd15() }
+    }
+
+    /// A small from-scratch autoencoder for `factor`× downsampling (`block_out_channels.len()` = log2(factor) + 1
+    /// levels of `DownEncoderBlock2D` / `UpDecoderBlock2D`), diffusers' defaults otherwise.
+    pub fn small(
+        block_out_channels: Vec<usize>,
+        latent_channels: usize,
+        layers_per_block: usize,
+        norm_num_groups: usize,
+        mid_block_add_attention: bool,
+        sample_size: usize,
+    ) -> Self {
+        let n = block_out_channels.len();
+        Config {
+            down_block_types: vec!["DownEncoderBlock2D".into(); n],
+            up_block_types: vec!["UpDecoderBlock2D".into(); n],
+            block_out_channels,
+            latent_channels,
+            layers_per_block,
+            norm_num_groups,
+            mid_block_add_attention,
+            sample_size: Some(sample_size),
+            ..Config::default()
+        }
+    }
+
+    /// The config as diffusers' `AutoencoderKL` writes its `config.json`: every field under diffusers' own
+    /// key, plus `_class_name`, `_diffusers_version` and the (unused here) `latents_mean` / `latents_std`.
+    pub fn to_diffusers_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        if let Some(m) = v.as_object_mut() {
+            m.insert("_class_name".into(), "AutoencoderKL".into());
+            m.insert("_diffusers_version".into(), DIFFUSERS_VERSION.into());
+            m.entry("latents_mean").or_insert(serde_json::Value::Null);
+            m.entry("latents_std").or_insert(serde_json::Value::Null);
+        }
+        v
     }
 
     /// Checks every supported field; errors name the field.

@@ -115,3 +115,8 @@ pub fn load_folder(dir: &Path, split: Split) -> Result<Dataset> {
     let name = format!("folder:{}/{}", dir.display(), split.name());
     Dataset::new(name, DataKind::Images, px, labels, [files.len(), c, h, w], num_classes)
 }
+
+/// Load a folder of captioned images (see [`crate::captioned::load_captioned`]).
+pub fn load_captioned_folder(dir: &Path, _size: usize, _split: Split) -> Result<crate::captioned::CaptionedDataset> {
+    Err(DataError::Invalid(format!("folder:{}: captioned folders are not supported yet", dir.display())))
+}

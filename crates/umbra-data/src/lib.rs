@@ -5,10 +5,13 @@
 //!   `toy2d:moons`, ...).
 //! * [`idx`]: IDX/MNIST reader; [`digits`]: the embedded UCI 8×8 digits; [`mnist_mini`]: an embedded
 //!   1000-image MNIST slice; [`toy2d`]: seeded 2-D distributions.
+//! * [`shapes`]: seeded captioned scenes of coloured shapes with ground truth and a held-out split;
+//!   [`captioned`]: [`load_captioned`] (`shapes`, `shapes64`, `folder:DIR` with captions).
 //! * [`transforms`], [`batcher`]: dynamic binarization, dequantization, seeded epoch order.
 //! * [`grid`]: PNG image grids and strips; [`plot`]: 2-D scatter and density plots.
 
 pub mod batcher;
+pub mod captioned;
 pub mod dataset;
 pub mod digits;
 pub mod error;
@@ -19,10 +22,12 @@ pub mod idx;
 pub mod mnist_mini;
 pub mod plot;
 pub mod rng;
+pub mod shapes;
 pub mod toy2d;
 pub mod transforms;
 
 pub use batcher::{epoch_order, Batcher};
+pub use captioned::{load_captioned, CaptionedDataset};
 pub use dataset::{DataKind, Dataset, Split};
 pub use error::{DataError, Result};
 pub use grid::{save_grid, save_grid_auto, save_grid_tensor, save_grid_with, save_strip, GridOptions};

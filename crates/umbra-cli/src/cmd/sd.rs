@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use umbra_nn::checkpoint::{LoadOptions, StableDiffusion};
+use umbra_nn::checkpoint::StableDiffusion;
 use umbra_nn::tokenizer::ClipTokenizer;
+use umbra_sample::pipelines::infotext::{self, ImageMeta};
+use umbra_sample::pipelines::load::{self, PipelineSource, SchedulerOverrides};
 use umbra_sample::pipelines::{self, png_text, Generation, GenerationParams};
 use umbra_sample::{SchedulerConfig, SolverKind};
 
@@ -151,6 +153,10 @@ pub struct CommonArgs {
     /// files without --config need v_prediction).
     #[arg(long)]
     pub prediction_type: Option<String>,
+    /// Override the scheduler's timestep_spacing: leading | linspace | trailing (diffusers' names; default: the
+    /// checkpoint's, else the solver's own). trailing starts at t = T − 1 (zero-terminal-SNR models).
+    #[arg(long)]
+    pub timestep_spacing: Option<String>,
     /// Output PNG; with --batch N > 1, OUT-0.png ... OUT-{N-1}.png.
     #[arg(long, default_value = "txt2img.png")]
     pub out: PathBuf,
@@ -215,115 +221,38 @@ pub struct TokenizeArgs {
     pub prompt: String,
 }
 
-/// `--model`: an existing path, else a Hub repo id (downloaded with the `hub` feature).
-fn resolve_model(m: &str, c: &CommonArgs) -> Result<PathBuf> {
-    let p = PathBuf::from(m);
-    if p.exists() {
-        return Ok(p);
-    }
-    if umbra_nn::hub::looks_like_repo_id(m) {
-        let opts = umbra_nn::hub::HubOptions {
-            token: c.hf_token.clone(),
-            variant: c.variant.clone(),
-            offline: umbra_nn::hub::offline_from_env(),
-            progress: true,
-        };
-        let dir = umbra_nn::hub::fetch_pipeline(m, &opts)?;
-        eprintln!("using {m} from {}", dir.display());
-        return Ok(dir);
-    }
-    bail!("--model {m}: no such file or folder (pass a diffusers folder, a single .safetensors checkpoint, or a Hub repo id owner/name)")
-}
-
-/// `--device`: cpu, cuda or cuda:N.
-pub fn parse_device(s: &str) -> Result<Device> {
-    let s = s.trim().to_ascii_lowercase();
-    if s == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let ordinal = match s.as_str() {
-        "cuda" => 0,
-        _ => match s.strip_prefix("cuda:").map(|n| n.parse::<usize>()) {
-            Some(Ok(n)) => n,
-            _ => bail!("--device {s}: expected cpu, cuda or cuda:N"),
-        },
-    };
-    if !cfg!(feature = "cuda") {
-        bail!(
-            "--device {s}: this umbra was built without CUDA support. Rebuild with `cargo build --release -p umbra-cli \
-             --features cuda` (needs the CUDA toolkit), or use --device cpu"
-        );
-    }
-    Device::new_cuda(ordinal).with_context(|| format!("--device {s}: cannot open CUDA device {ordinal}"))
-}
-
-/// `--dtype` for `dev` (f32 on CPU and f16 on CUDA by default); refuses bf16 on CPU, warns about f16 on CPU.
-pub fn parse_dtype(s: Option<&str>, dev: &Device) -> Result<DType> {
-    let dt = match s.map(|s| s.trim().to_ascii_lowercase()) {
-        None => {
-            if dev.is_cpu() {
-                DType::F32
-            } else {
-                DType::F16
-            }
-        }
-        Some(s) => match s.as_str() {
-            "f32" | "fp32" | "float32" => DType::F32,
-            "f16" | "fp16" | "float16" | "half" => DType::F16,
-            "bf16" | "bfloat16" => DType::BF16,
-            _ => bail!("--dtype {s}: expected f32, f16 or bf16"),
-        },
-    };
-    if dev.is_cpu() {
-        match dt {
-            DType::BF16 => bail!("--dtype bf16 is not supported on the CPU (candle has no CPU bf16 matmul); use f32 on CPU, or bf16 with --device cuda"),
-            DType::F16 => eprintln!("warning: --dtype f16 on the CPU is much slower than f32 (no native half-precision matmul); f32 is the CPU default"),
-            _ => {}
-        }
-    }
-    Ok(dt)
-}
+// One place parses devices and dtypes: the library's (re-exported for `umbra sample diffusion` & co.).
+pub use umbra_sample::pipelines::load::{parse_device, parse_dtype};
 
 fn load(c: &CommonArgs) -> Result<(StableDiffusion, SchedulerConfig, SolverKind, String)> {
     let device = parse_device(&c.device)?;
-    let dtype = parse_dtype(c.dtype.as_deref(), &device)?;
-    let path = resolve_model(&c.model, c)?;
+    let (dtype, warning) = parse_dtype(c.dtype.as_deref(), &device)?;
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    let overrides = SchedulerOverrides {
+        prediction_type: c.prediction_type.as_deref().map(load::parse_prediction_type).transpose()?,
+        timestep_spacing: c.timestep_spacing.as_deref().map(load::parse_timestep_spacing).transpose()?,
+    };
+    let solver = c.sampler.as_deref().map(load::parse_sd_solver).transpose()?;
+    let hub = umbra_nn::hub::HubOptions {
+        token: c.hf_token.clone(),
+        variant: c.variant.clone(),
+        offline: umbra_nn::hub::offline_from_env(),
+        progress: true,
+    };
+    let src = PipelineSource { model: c.model.clone(), config_dir: c.config.clone(), device, dtype, hub };
     let t0 = Instant::now();
-    let opts = LoadOptions { config_dir: c.config.clone(), dtype, device };
-    let sd = StableDiffusion::load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
-    eprintln!("loaded {} in {:.1}s", path.display(), t0.elapsed().as_secs_f64());
-    let sched = match &sd.scheduler_config {
-        Some(v) => {
-            SchedulerConfig::from_json_str(&v.to_string()).context("reading the checkpoint's scheduler_config.json")?
-        }
-        None => SchedulerConfig::stable_diffusion(),
-    };
-    let mut sched = sched;
-    if let Some(pt) = &c.prediction_type {
-        sched.prediction_type = serde_json::from_value(serde_json::Value::String(pt.clone()))
-            .map_err(|_| anyhow::anyhow!("--prediction-type {pt}: expected epsilon, v_prediction or sample"))?;
+    let lp = load::load_pipeline(&src, &overrides)?;
+    if !Path::new(&c.model).exists() {
+        eprintln!("using {} from {}", c.model, lp.path.display());
     }
-    for (what, text) in [("--prompt", &c.prompt), ("--negative-prompt", &c.negative_prompt)] {
-        if sd.tokenizer.is_truncated(text)? {
-            eprintln!(
-                "warning: {what} is longer than {} tokens; the rest is ignored (as in diffusers)",
-                sd.tokenizer.max_length - 2
-            );
-        }
+    eprintln!("loaded {} in {:.1}s", lp.path.display(), t0.elapsed().as_secs_f64());
+    for w in load::prompt_warnings(&lp.sd, &[("--prompt", &c.prompt), ("--negative-prompt", &c.negative_prompt)])? {
+        eprintln!("warning: {w}");
     }
-    let solver = match &c.sampler {
-        Some(s) => s.parse::<SolverKind>()?,
-        None => sched.default_solver(),
-    };
-    if matches!(solver, SolverKind::Langevin | SolverKind::PredictorCorrector) {
-        bail!("--sampler {solver} is for score models in `umbra sample diffusion`; use ddim, euler, euler-a, dpm++2m, dpm++2m-karras, ddpm or heun");
-    }
-    let model_name = if Path::new(&c.model).exists() {
-        path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| c.model.clone())
-    } else {
-        c.model.clone() // a Hub repo id
-    };
-    Ok((sd, sched, solver, model_name))
+    let solver = solver.unwrap_or(lp.default_solver);
+    Ok((lp.sd, lp.scheduler, solver, lp.name))
 }
 
 fn read_init_noise(path: &Path) -> Result<Tensor> {
@@ -363,6 +292,7 @@ fn params(
         progress: true,
         trace: false,
         preview_every: c.preview.unwrap_or(0),
+        observer: None,
     })
 }
 
@@ -379,30 +309,7 @@ fn save(g: &Generation, c: &CommonArgs, p: &GenerationParams, model: &str, extra
     let rgbs = pipelines::to_rgb8(&g.images)?;
     for (i, rgb) in rgbs.iter().enumerate() {
         let seed = g.seeds[i];
-        let seed_text =
-            if p.init_noise.is_some() { format!("{seed} (initial noise from --init-noise)") } else { seed.to_string() };
-        let mut text = vec![
-            ("prompt".to_string(), p.prompt.clone()),
-            ("negative_prompt".to_string(), p.negative_prompt.clone()),
-            ("seed".to_string(), seed_text),
-            ("steps".to_string(), p.steps.to_string()),
-            ("sampler".to_string(), p.solver.to_string()),
-            ("guidance".to_string(), p.guidance_scale.to_string()),
-            ("width".to_string(), p.width.to_string()),
-            ("height".to_string(), p.height.to_string()),
-            ("clip_skip".to_string(), p.clip_skip.to_string()),
-            ("model".to_string(), model.to_string()),
-        ];
-        text.extend_from_slice(extra);
-        let mut a1111 = format!(
-            "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
-            p.prompt, p.negative_prompt, p.steps, p.solver, p.guidance_scale, seed, p.width, p.height, model
-        );
-        for (k, v) in extra {
-            a1111.push_str(&format!(", {k}: {v}"));
-        }
-        text.push(("parameters".to_string(), a1111));
-        text.push(("Software".to_string(), format!("umbra {}", env!("CARGO_PKG_VERSION"))));
+        let text = ImageMeta::of(p, seed, model, extra).text_chunks();
         let path = out_path(&c.out, i, rgbs.len(), "");
         png_text::write_png_with_text(&path, p.width as u32, p.height as u32, rgb, &text)?;
         println!("wrote {} (seed {seed})", path.display());
@@ -435,13 +342,9 @@ fn load_image(path: &Path, size: Option<(usize, usize)>, mask: bool) -> Result<(
         img
     };
     let t = if mask {
-        let g = img.to_luma8().into_raw();
-        let v: Vec<f32> = g.iter().map(|&x| x as f32 / 255.0).collect();
-        Tensor::from_vec(v, (1, 1, h, w), &Device::Cpu)?
+        infotext::luma8_to_mask(&img.to_luma8().into_raw(), w, h)?
     } else {
-        let rgb = img.to_rgb8().into_raw();
-        let v: Vec<f32> = rgb.iter().map(|&x| x as f32 / 127.5 - 1.0).collect();
-        Tensor::from_vec(v, (1, h, w, 3), &Device::Cpu)?.permute((0, 3, 1, 2))?.contiguous()?
+        infotext::rgb8_to_tensor(&img.to_rgb8().into_raw(), w, h)?
     };
     Ok((t, w, h))
 }

@@ -9,12 +9,16 @@
 //! 4. the VAE decodes `x_0 / scaling_factor` and the image is `(x/2 + 0.5)` clamped to [0, 1].
 
 pub mod img2img;
+pub mod infotext;
 pub mod inpaint;
+pub mod load;
+pub mod observe;
 pub mod png_text;
 pub mod txt2img;
 
 pub use img2img::img2img;
 pub use inpaint::inpaint;
+pub use observe::{StepControl, StepInfo, StepObserver};
 pub use txt2img::txt2img;
 
 use std::cell::RefCell;
@@ -43,6 +47,9 @@ pub enum PipelineError {
     Tokenizer(#[from] umbra_nn::tokenizer::TokenizerError),
     #[error("{0}")]
     Invalid(String),
+    /// A [`StepObserver`] asked the run to stop.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 pub type Result<T> = std::result::Result<T, PipelineError>;
@@ -73,6 +80,8 @@ pub struct GenerationParams {
     pub trace: bool,
     /// Keep the model's x̂_0 every `preview_every` steps (0: never) in [`Generation::previews`].
     pub preview_every: usize,
+    /// Called after every step; may cancel the run (see [`StepObserver`]).
+    pub observer: Option<StepObserver>,
 }
 
 impl Default for GenerationParams {
@@ -92,6 +101,7 @@ impl Default for GenerationParams {
             progress: false,
             trace: false,
             preview_every: 0,
+            observer: None,
         }
     }
 }
@@ -258,6 +268,7 @@ pub(crate) fn run_and_decode(
     let mut latents_after = Vec::new();
     let mut preview_latents: Vec<(usize, Tensor)> = Vec::new();
     let (trace, every) = (p.trace, p.preview_every);
+    let mut cancelled = false;
     let latents = {
         let mut cb = |ev: &StepEvent| -> crate::Result<Option<Tensor>> {
             let replaced = match blend {
@@ -270,6 +281,13 @@ pub(crate) fn run_and_decode(
             if every > 0 && ((ev.step + 1).is_multiple_of(every) || ev.step + 1 == ev.num_steps) {
                 preview_latents.push((ev.step, ev.x0_pred.clone()));
             }
+            if let Some(o) = &p.observer {
+                let info = StepInfo { step: ev.step, num_steps: ev.num_steps, start_step, x0_pred: ev.x0_pred };
+                if (o.0)(&info) == StepControl::Cancel {
+                    cancelled = true;
+                    return Err(SampleError::Invalid("cancelled".into()));
+                }
+            }
             Ok(replaced)
         };
         let mut ctx = RunCtx::new(p.steps, p.seed, p.progress);
@@ -279,6 +297,9 @@ pub(crate) fn run_and_decode(
         let out = solver.run(&denoiser, x, &mut ctx);
         ctx.bar.finish_and_clear();
         drop(ctx);
+        if cancelled {
+            return Err(PipelineError::Cancelled);
+        }
         out?
     };
     let images = decode_latents(&sd.vae, &latents)?;

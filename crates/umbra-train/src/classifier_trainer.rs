@@ -6,9 +6,9 @@
 
 use crate::checkpoint::{load_varmap, varmap_tensors, Checkpoint};
 use crate::diffusion_trainer::scheduler_config;
-use crate::metrics::MetricsLogger;
 use crate::optim::{AdamW, AdamWConfig};
-use crate::{progress, TrainError};
+use crate::trainer::{LoopConfig, Objective, Trainer};
+use crate::TrainError;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::rngs::StdRng;
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use umbra_core::diffusion::loss::randn_like;
 use umbra_core::diffusion::{Coef, NoiseSchedule, Parameterization};
 use umbra_data::rng::derive_seed;
-use umbra_data::{Batcher, Dataset};
+use umbra_data::Dataset;
 use umbra_nn::classifier::{cross_entropy, log_prob_of, Classifier, ClassifierConfig};
 
 /// Checkpoint kind tag.
@@ -237,7 +237,7 @@ impl ClassifierTrainer {
     }
 
     /// Train until `config.steps` (or `stop_at`), logging `out/metrics.jsonl` and writing checkpoints;
-    /// at the end, report the test accuracy and save `out/`.
+    /// at the end, report the test accuracy and save `out/` (the one loop, over [`ClassifierObjective`]).
     pub fn train(
         &mut self,
         train: &Dataset,
@@ -246,55 +246,61 @@ impl ClassifierTrainer {
         stop_at: Option<u64>,
         show: bool,
     ) -> Result<ClassifierSummary, TrainError> {
-        std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-        let mpath = out.join("metrics.jsonl");
-        let mut log =
-            if self.step > 0 { MetricsLogger::resume(&mpath, self.step)? } else { MetricsLogger::create(&mpath)? };
-        let cfg = self.model.config.clone();
-        let batcher = Batcher::new(train.len(), cfg.batch_size.min(train.len().max(1)), cfg.seed).drop_last(true);
-        if batcher.num_batches() == 0 {
-            return Err(TrainError::Invalid("the classifier's training set is empty".into()));
+        let cfg = &self.model.config;
+        let mut lc = LoopConfig::new(cfg.steps, cfg.batch_size, cfg.seed);
+        lc.checkpoint_every = self.checkpoint_every;
+        lc.stop_at = stop_at;
+        lc.show_progress = show;
+        let mut obj = ClassifierObjective { trainer: self, train, test, test_accuracy: None };
+        let s = Trainer::new(lc).run(&mut obj, train.len(), out)?;
+        let test_accuracy = obj.test_accuracy.ok_or_else(|| TrainError::Invalid("no test accuracy".into()))?;
+        let checkpoint = s.checkpoint.ok_or_else(|| TrainError::Invalid("no checkpoint written".into()))?;
+        Ok(ClassifierSummary { steps: s.steps, seconds: s.seconds, test_accuracy, checkpoint })
+    }
+}
+
+/// [`ClassifierTrainer`] over its train and test sets, as the loop's objective; evaluation is the test accuracy,
+/// recorded in the checkpoint written after it.
+pub struct ClassifierObjective<'a> {
+    pub trainer: &'a mut ClassifierTrainer,
+    pub train: &'a Dataset,
+    pub test: &'a Dataset,
+    pub test_accuracy: Option<f64>,
+}
+
+impl Objective for ClassifierObjective<'_> {
+    fn name(&self) -> String {
+        "classifier".into()
+    }
+    fn step(&self) -> u64 {
+        self.trainer.step
+    }
+    fn train_step(&mut self, idx: &[usize]) -> Result<Vec<(String, f64)>, TrainError> {
+        let t = &mut *self.trainer;
+        let (x, y) = image_batch(self.train, idx, &t.device)?;
+        let loss = t.model.loss(&x, &y, t.step)?;
+        let lv = loss.to_scalar::<f32>()? as f64;
+        if !lv.is_finite() {
+            return Err(TrainError::Invalid(format!("classifier loss became {lv} at step {}; lower --lr", t.step)));
         }
-        let end = stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
-        let pb = if show { progress::bar(cfg.steps, "classifier") } else { indicatif::ProgressBar::hidden() };
-        pb.set_position(self.step);
-        let t0 = std::time::Instant::now();
-        let (mut win, mut wn) = (0.0, 0usize);
-        for (_e, _k, idx) in batcher.from_step(self.step) {
-            if self.step >= end {
-                break;
-            }
-            let (x, y) = image_batch(train, &idx, &self.device)?;
-            let loss = self.model.loss(&x, &y, self.step)?;
-            let lv = loss.to_scalar::<f32>()? as f64;
-            if !lv.is_finite() {
-                return Err(TrainError::Invalid(format!(
-                    "classifier loss became {lv} at step {}; lower --lr",
-                    self.step
-                )));
-            }
-            self.opt.backward_step(&loss)?;
-            self.step += 1;
-            win += lv;
-            wn += 1;
-            pb.set_position(self.step);
-            if self.step.is_multiple_of(50) || self.step == end {
-                progress::set_terms(&pb, &[("xent".into(), win / wn as f64)]);
-                log.log(&serde_json::json!({"split": "train", "step": self.step, "loss": win / wn as f64,
-                    "seconds": t0.elapsed().as_secs_f64()}))?;
-                win = 0.0;
-                wn = 0;
-            }
-            let ce = self.checkpoint_every;
-            if ce > 0 && self.step.is_multiple_of(ce) && self.step < end {
-                self.checkpoint(serde_json::json!({}))?.save_dir(out)?;
-            }
-        }
-        pb.finish_and_clear();
-        let acc = self.model.accuracy(test, &self.device)?;
-        log.log(&serde_json::json!({"split": "test", "step": self.step, "accuracy": acc}))?;
-        let checkpoint = self.checkpoint(serde_json::json!({ "test_accuracy": acc }))?.save_dir(out)?;
-        Ok(ClassifierSummary { steps: self.step, seconds: t0.elapsed().as_secs_f64(), test_accuracy: acc, checkpoint })
+        t.opt.backward_step(&loss)?;
+        t.step += 1;
+        Ok(vec![("loss".into(), lv)])
+    }
+    fn save(&self, dir: &Path) -> Result<PathBuf, TrainError> {
+        let extra = match self.test_accuracy {
+            Some(acc) => serde_json::json!({ "test_accuracy": acc }),
+            None => serde_json::json!({}),
+        };
+        self.trainer.checkpoint(extra)?.save_dir(dir)
+    }
+    fn evaluate(&mut self, _out: &Path) -> Result<Vec<(String, f64)>, TrainError> {
+        let acc = self.trainer.model.accuracy(self.test, &self.trainer.device)?;
+        self.test_accuracy = Some(acc);
+        Ok(vec![("accuracy".into(), acc)])
+    }
+    fn eval_split(&self) -> &'static str {
+        "test"
     }
 }
 

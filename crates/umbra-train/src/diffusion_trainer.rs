@@ -17,9 +17,9 @@
 
 use crate::checkpoint::{load_varmap, varmap_tensors, Checkpoint};
 use crate::ema::Ema;
-use crate::metrics::MetricsLogger;
 use crate::optim::{AdamW, AdamWConfig};
-use crate::{progress, TrainError};
+use crate::trainer::{LoopConfig, Objective, TrainSummary, Trainer};
+use crate::TrainError;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -34,7 +34,7 @@ use umbra_core::diffusion::param::{to_epsilon, to_x0};
 use umbra_core::diffusion::vdm::{betas_from_alpha_bars, sigmoid, MonotoneGamma};
 use umbra_core::diffusion::{Coef, NoiseSchedule, Parameterization};
 use umbra_data::rng::derive_seed;
-use umbra_data::{Batcher, DataKind, Dataset};
+use umbra_data::{DataKind, Dataset};
 use umbra_nn::toy_mlp::{ToyMlp, ToyMlpConfig};
 use umbra_nn::unet::{Config as UNetConfig, UNet2DConditionModel};
 use umbra_sample::scheduler_config::BetaScheduleName;
@@ -385,16 +385,6 @@ pub fn crop_images(x: &Tensor, h: usize, w: usize) -> Result<Tensor, TrainError>
     Ok(x.narrow(2, pt, h)?.narrow(3, pl, w)?)
 }
 
-/// What a finished (or stopped) run reports.
-#[derive(Debug, Clone)]
-pub struct TrainSummary {
-    pub steps: u64,
-    pub seconds: f64,
-    pub steps_per_sec: f64,
-    pub last_loss: f64,
-    pub checkpoint: Option<PathBuf>,
-}
-
 /// Trainer state.
 pub struct DiffusionTrainer {
     pub config: DiffusionConfig,
@@ -707,12 +697,8 @@ impl DiffusionTrainer {
         Ok(lv)
     }
 
-    fn batcher(&self, n: usize) -> Batcher {
-        Batcher::new(n, self.config.batch_size.min(n.max(1)), self.config.seed).drop_last(true)
-    }
-
     /// Train until `config.steps` (or `stop_at`), logging `out/metrics.jsonl`, writing checkpoints and
-    /// `out/curves.png`.
+    /// `out/curves.png` (the one loop, [`Trainer::run`], over [`DiffusionObjective`]).
     pub fn train(
         &mut self,
         data: &Dataset,
@@ -720,59 +706,13 @@ impl DiffusionTrainer {
         stop_at: Option<u64>,
         show: bool,
     ) -> Result<TrainSummary, TrainError> {
-        std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-        let mpath = out.join("metrics.jsonl");
-        let mut log =
-            if self.step > 0 { MetricsLogger::resume(&mpath, self.step)? } else { MetricsLogger::create(&mpath)? };
-        let batcher = self.batcher(data.len());
-        let nb = batcher.num_batches() as u64;
-        if nb == 0 {
-            return Err(TrainError::Invalid("the training set is empty".into()));
-        }
-        let end = stop_at.map_or(self.config.steps, |s| s.min(self.config.steps));
-        let pb = if show { progress::bar(self.config.steps, "diffusion") } else { indicatif::ProgressBar::hidden() };
-        pb.set_position(self.step);
-        let t0 = std::time::Instant::now();
-        let start = self.step;
-        let (mut win, mut win_n, mut last) = (0.0, 0usize, f64::NAN);
-        for (_epoch, _k, idx) in batcher.from_step(self.step) {
-            if self.step >= end {
-                break;
-            }
-            let (x, y) = data_batch(data, &idx, &self.config, &self.device)?;
-            last = self.train_step(&x, &y)?;
-            win += last;
-            win_n += 1;
-            pb.set_position(self.step);
-            if self.step % 10 == 0 {
-                progress::set_terms(&pb, &[("loss".into(), win / win_n as f64)]);
-            }
-            if self.step % self.config.log_every.max(1) == 0 || self.step == end {
-                log.log(
-                    &serde_json::json!({ "split": "train", "step": self.step, "epoch": self.step as f64 / nb as f64,
-                    "loss": win / win_n as f64, "seconds": t0.elapsed().as_secs_f64() }),
-                )?;
-                win = 0.0;
-                win_n = 0;
-            }
-            let ce = self.config.checkpoint_every;
-            if ce > 0 && self.step % ce == 0 && self.step < end {
-                self.save(out)?;
-                let _ = self.write_curves(out);
-            }
-        }
-        pb.finish_and_clear();
-        let ckpt = Some(self.save(out)?);
-        let _ = self.write_curves(out);
-        let secs = t0.elapsed().as_secs_f64();
-        let done = self.step - start;
-        Ok(TrainSummary {
-            steps: self.step,
-            seconds: secs,
-            steps_per_sec: if secs > 0.0 { done as f64 / secs } else { 0.0 },
-            last_loss: last,
-            checkpoint: ckpt,
-        })
+        let c = &self.config;
+        let mut lc = LoopConfig::new(c.steps, c.batch_size, c.seed);
+        lc.log_every = c.log_every;
+        lc.checkpoint_every = c.checkpoint_every;
+        lc.stop_at = stop_at;
+        lc.show_progress = show;
+        Trainer::new(lc).run(&mut DiffusionObjective { trainer: self, data }, data.len(), out)
     }
 
     /// `out/curves.png`: the training loss against step.
@@ -790,6 +730,32 @@ impl DiffusionTrainer {
         };
         crate::curves::plot_series(&png, &title, "step", "loss", &[("train/loss".to_string(), pts)])?;
         Ok(png)
+    }
+}
+
+/// [`DiffusionTrainer`] over a dataset, as the loop's objective.
+pub struct DiffusionObjective<'a> {
+    pub trainer: &'a mut DiffusionTrainer,
+    pub data: &'a Dataset,
+}
+
+impl Objective for DiffusionObjective<'_> {
+    fn name(&self) -> String {
+        "diffusion".into()
+    }
+    fn step(&self) -> u64 {
+        self.trainer.step
+    }
+    fn train_step(&mut self, idx: &[usize]) -> Result<Vec<(String, f64)>, TrainError> {
+        let t = &mut *self.trainer;
+        let (x, y) = data_batch(self.data, idx, &t.config, &t.device)?;
+        Ok(vec![("loss".into(), t.train_step(&x, &y)?)])
+    }
+    fn save(&self, dir: &Path) -> Result<PathBuf, TrainError> {
+        self.trainer.save(dir)
+    }
+    fn write_curves(&self, out: &Path) -> Result<PathBuf, TrainError> {
+        self.trainer.write_curves(out)
     }
 }
 

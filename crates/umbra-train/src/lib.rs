@@ -1,7 +1,8 @@
 //! Trainers, EMA, atomic checkpoints with resume, JSONL metrics.
 //!
-//! The infrastructure (optimizer with saveable state, checkpoints, metrics, progress bars, curves)
-//! is model-agnostic; [`vae_trainer`] is the VAE/HVAE training loop built on it.
+//! [`trainer`] is the one training loop: [`Trainer::run`] drives an [`Objective`] (one per model: VAE/HVAE,
+//! diffusion/VDM, classifier, …) with the model-agnostic infrastructure (optimizer with saveable state, EMA,
+//! atomic checkpoints, JSONL metrics, progress bars, curves).
 
 pub mod checkpoint;
 pub mod classifier_trainer;
@@ -13,10 +14,12 @@ pub mod metrics;
 pub mod optim;
 pub mod progress;
 pub mod sample_metrics;
+pub mod trainer;
 pub mod vae_trainer;
 
 pub use checkpoint::Checkpoint;
 pub use optim::{AdamW, AdamWConfig};
+pub use trainer::{LoopConfig, Objective, TrainSummary, Trainer};
 
 use std::path::{Path, PathBuf};
 

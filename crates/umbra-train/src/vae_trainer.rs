@@ -8,8 +8,8 @@
 //! checkpoint reproduces the uninterrupted run exactly.
 
 use crate::checkpoint::{load_varmap, varmap_tensors, Checkpoint};
-use crate::metrics::MetricsLogger;
 use crate::optim::{AdamW, AdamWConfig};
+use crate::trainer::{LoopConfig, Objective, Trainer};
 use crate::{progress, TrainError};
 use candle_core::{DType, Device, Result as CResult, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -452,7 +452,8 @@ impl VaeTrainer {
     }
 
     /// Train until the configured epochs are done (or `stop_at` steps, for tests), logging to
-    /// `out/metrics.jsonl`, writing checkpoints into `out` and `out/curves.png`.
+    /// `out/metrics.jsonl`, writing checkpoints into `out` and `out/curves.png` (the one loop, over
+    /// [`VaeObjective`]; the test ELBO after every epoch).
     pub fn train(
         &mut self,
         train: &Dataset,
@@ -461,96 +462,27 @@ impl VaeTrainer {
         stop_at: Option<u64>,
         show: bool,
     ) -> Result<TrainSummary, TrainError> {
-        std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-        let metrics_path = out.join("metrics.jsonl");
-        let mut log = if self.step > 0 {
-            MetricsLogger::resume(&metrics_path, self.step)?
-        } else {
-            MetricsLogger::create(&metrics_path)?
-        };
         let n = train.len();
-        let batcher = self.batcher(n);
-        let nb = batcher.num_batches() as u64;
-        if nb == 0 {
-            return Err(TrainError::Invalid("the training set is empty".into()));
-        }
-        let total = self.total_steps(n);
-        let end = stop_at.map_or(total, |s| s.min(total));
-        let pb = if show { progress::bar(total, self.model_config.kind()) } else { indicatif::ProgressBar::hidden() };
-        pb.set_position(self.step);
-        let t0 = std::time::Instant::now();
-        let start_step = self.step;
-        let mut last = Vec::new();
-        let mut window: Vec<(String, f64)> = Vec::new();
-        let mut window_n = 0usize;
-        let mut test_report = None;
-        let binarize = self.train_config.binarize;
-        let seed = self.train_config.seed;
-        for (epoch, k, idx) in batcher.from_step(self.step) {
-            if self.step >= end || self.max_seconds.is_some_and(|m| t0.elapsed().as_secs_f64() >= m) {
-                break;
-            }
-            let x = data_batch(train, &idx, binarize.then_some((seed, epoch, k as u64)), &self.device)?;
-            let m = self.train_step(&x)?;
-            if window.is_empty() {
-                window = m.iter().map(|(k, _)| (k.clone(), 0.0)).collect();
-            }
-            for (w, (_, v)) in window.iter_mut().zip(&m) {
-                w.1 += v;
-            }
-            window_n += 1;
-            last = m;
-            pb.set_position(self.step);
-            if self.step % 10 == 0 {
-                progress::set_terms(&pb, &last);
-            }
-            let every = self.train_config.log_every.max(1);
-            let epoch_end = self.step % nb == 0;
-            if self.step % every == 0 || epoch_end || self.step == end {
-                let mut rec = serde_json::json!({ "split": "train", "step": self.step, "epoch": self.step as f64 / nb as f64,
-                    "beta": self.train_config.beta(self.step - 1), "seconds": t0.elapsed().as_secs_f64() });
-                for (k, v) in &window {
-                    rec[k] = serde_json::json!(v / window_n as f64);
-                }
-                log.log(&rec)?;
-                window.iter_mut().for_each(|w| w.1 = 0.0);
-                window_n = 0;
-            }
-            if epoch_end {
-                if let Some(test) = test {
-                    let r = evaluate_elbo(&self.model, test, 500, binarize, seed, &self.device)?;
-                    let mut rec = serde_json::json!({ "split": "test", "step": self.step, "epoch": self.step / nb,
-                        "neg_elbo_bits_per_dim": r.neg_elbo_bits_per_dim });
-                    for (k, v, _) in &r.terms {
-                        rec[k] = serde_json::json!(v);
-                    }
-                    log.log(&rec)?;
-                    pb.println(format!(
-                        "epoch {:>4}  test {}",
-                        self.step / nb,
-                        progress::format_terms(&r.terms.iter().map(|t| (t.0.clone(), t.1)).collect::<Vec<_>>())
-                    ));
-                    test_report = Some(r);
-                }
-                let _ = self.write_curves(out);
-            }
-            let ce = self.train_config.checkpoint_every;
-            if ce > 0 && self.step % ce == 0 && self.step < end {
-                self.save(out)?;
-            }
-        }
-        pb.finish_and_clear();
-        let ckpt = Some(self.save(out)?);
-        let _ = self.write_curves(out);
-        let secs = t0.elapsed().as_secs_f64();
-        let done = self.step - start_step;
+        let nb = self.batcher(n).num_batches() as u64;
+        let tc = &self.train_config;
+        let mut lc = LoopConfig::new(self.total_steps(n), tc.batch_size, tc.seed);
+        lc.log_every = tc.log_every;
+        lc.checkpoint_every = tc.checkpoint_every;
+        lc.eval_every = nb;
+        lc.eval_at_end = false;
+        lc.max_minutes = self.max_seconds.map(|s| s / 60.0);
+        lc.stop_at = stop_at;
+        lc.show_progress = show;
+        let mut obj = VaeObjective { trainer: self, train, test, num_batches: nb.max(1), test_report: None };
+        let s = Trainer::new(lc).run(&mut obj, n, out)?;
+        let test = obj.test_report.take();
         Ok(TrainSummary {
-            steps: self.step,
-            seconds: secs,
-            steps_per_sec: if secs > 0.0 { done as f64 / secs } else { 0.0 },
-            last_train_terms: last,
-            test: test_report,
-            checkpoint: ckpt,
+            steps: s.steps,
+            seconds: s.seconds,
+            steps_per_sec: s.steps_per_sec,
+            last_train_terms: s.last_terms,
+            test,
+            checkpoint: s.checkpoint,
         })
     }
 
@@ -571,5 +503,54 @@ impl VaeTrainer {
             &keys,
         )?;
         Ok(png)
+    }
+}
+
+/// [`VaeTrainer`] over its train (and optional test) set, as the loop's objective; evaluation is the test ELBO
+/// (500 images), kept for the summary.
+pub struct VaeObjective<'a> {
+    pub trainer: &'a mut VaeTrainer,
+    pub train: &'a Dataset,
+    pub test: Option<&'a Dataset>,
+    /// Batches per epoch (step s is batch s mod B of epoch ⌊s / B⌋, which seeds the dynamic binarization).
+    pub num_batches: u64,
+    pub test_report: Option<ElboReport>,
+}
+
+impl Objective for VaeObjective<'_> {
+    fn name(&self) -> String {
+        self.trainer.model_config.kind().into()
+    }
+    fn step(&self) -> u64 {
+        self.trainer.step
+    }
+    fn train_step(&mut self, idx: &[usize]) -> Result<Vec<(String, f64)>, TrainError> {
+        let t = &mut *self.trainer;
+        let (epoch, k) = (t.step / self.num_batches, t.step % self.num_batches);
+        let tc = &t.train_config;
+        let x = data_batch(self.train, idx, tc.binarize.then_some((tc.seed, epoch, k)), &t.device)?;
+        t.train_step(&x)
+    }
+    fn save(&self, dir: &Path) -> Result<PathBuf, TrainError> {
+        self.trainer.save(dir)
+    }
+    fn evaluate(&mut self, _out: &Path) -> Result<Vec<(String, f64)>, TrainError> {
+        let Some(test) = self.test else { return Ok(Vec::new()) };
+        let t = &*self.trainer;
+        let tc = &t.train_config;
+        let r = evaluate_elbo(&t.model, test, 500, tc.binarize, tc.seed, &t.device)?;
+        let mut terms = vec![("neg_elbo_bits_per_dim".to_string(), r.neg_elbo_bits_per_dim)];
+        terms.extend(r.terms.iter().map(|(k, v, _)| (k.clone(), *v)));
+        self.test_report = Some(r);
+        Ok(terms)
+    }
+    fn eval_split(&self) -> &'static str {
+        "test"
+    }
+    fn log_extras(&self) -> Vec<(String, f64)> {
+        vec![("beta".into(), self.trainer.train_config.beta(self.trainer.step.saturating_sub(1)))]
+    }
+    fn write_curves(&self, out: &Path) -> Result<PathBuf, TrainError> {
+        self.trainer.write_curves(out)
     }
 }

@@ -81,8 +81,8 @@ fn parse_shapes_spec(spec: &str) -> Result<Option<(usize, usize)>> {
 ///   split has `min(N, 2000)`): scenes from [`shapes`], seeded by `seed`. The train split holds only seen
 ///   attribute combinations; the test split alternates held-out (even rows) and fresh seen (odd rows)
 ///   scenes. `size` renders at that resolution instead (0 = the spec's own).
-/// * `folder:DIR`: images with captions, resized and centre-cropped to `size` (see
-///   [`crate::folder::load_captioned_folder`]; `size` 0 = keep the images' own size, which must agree).
+/// * `folder:DIR`: images with captions, resized and centre-cropped to `size`×`size` (see
+///   [`crate::folder::load_captioned_folder`]; `size` must be in 8..=1024).
 pub fn load_captioned(spec: &str, size: usize, split: Split, seed: u64) -> Result<CaptionedDataset> {
     let t = spec.trim();
     if t.len() > 7 && t[..7].eq_ignore_ascii_case("folder:") {

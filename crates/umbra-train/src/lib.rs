@@ -4,6 +4,7 @@
 //! diffusion/VDM, classifier, …) with the model-agnostic infrastructure (optimizer with saveable state, EMA,
 //! atomic checkpoints, JSONL metrics, progress bars, curves).
 
+pub mod autoencoder_trainer;
 pub mod checkpoint;
 pub mod classifier_trainer;
 pub mod curves;

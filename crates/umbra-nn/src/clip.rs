@@ -138,12 +138,16 @@ impl SelfAttention {
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, l, c) = x.dims3()?;
         let hd = c / self.heads;
-        let split = |t: Tensor| t.reshape((b, l, self.heads, hd))?.transpose(1, 2)?.contiguous();
+        // Heads folded into the batch ([B·heads, L, hd]) and unfolded by a reshape before the transpose: the
+        // backward pass then hands the attention's matmuls contiguous gradients (a transposed 4-D gradient is a
+        // layout candle's matmul rejects), so the text encoder can be trained.
+        let h = self.heads;
+        let split = |t: Tensor| t.reshape((b, l, h, hd))?.transpose(1, 2)?.reshape((b * h, l, hd));
         let q = split(self.q_proj.forward(x)?)?;
         let k = split(self.k_proj.forward(x)?)?;
         let v = split(self.v_proj.forward(x)?)?;
         let o = umbra_kernels::attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), Some(mask))?;
-        let o = o.transpose(1, 2)?.reshape((b, l, c))?;
+        let o = o.reshape((b, h, l, hd))?.transpose(1, 2)?.reshape((b, l, c))?;
         self.out_proj.forward(&o)
     }
 }

@@ -10,6 +10,7 @@ pub mod elbo;
 pub mod hub;
 pub mod hvae;
 pub mod layers;
+pub mod recognizer;
 pub mod save_pretrained;
 pub mod tokenizer;
 pub mod toy_mlp;

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod optim;
 pub mod pipeline_folder;
 pub mod progress;
+pub mod recognizer_trainer;
 pub mod sample_metrics;
 pub mod trainer;
 pub mod vae_trainer;

@@ -10,6 +10,7 @@ pub mod diffusion;
 pub mod kl;
 pub mod quickstart;
 pub mod sd;
+pub mod serve;
 pub mod vae;
 
 const ABOUT: &str = "umbra: latent-variable generative models in Rust — information theory, VAEs, \
@@ -64,6 +65,8 @@ pub enum Command {
     Inpaint(sd::InpaintArgs),
     /// Print a prompt's CLIP token ids as JSON.
     Tokenize(sd::TokenizeArgs),
+    /// Serve models over HTTP: A1111- and OpenAI-compatible APIs, a job queue, a web UI.
+    Serve(serve::Args),
     /// Benchmarks: training step, single ops, SD UNet and VAE.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -116,6 +119,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Img2img(a) => sd::img2img(a),
         Command::Inpaint(a) => sd::inpaint(a),
         Command::Tokenize(a) => sd::tokenize(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(c) => bench::run(c),
     }
 }

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod autoencoder;
 pub mod bench;
 pub mod bench_kernels;
 pub mod bench_sd;
@@ -82,6 +83,8 @@ pub enum TrainCommand {
     Diffusion(diffusion::TrainArgs),
     /// Noise-conditional classifier (for classifier guidance and sample metrics).
     Classifier(diffusion::ClassifierArgs),
+    /// Stage 1 of latent diffusion: SD's AutoencoderKL from scratch (reconstruction + β·KL), written as a diffusers vae/.
+    Autoencoder(autoencoder::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(TrainCommand::Hvae(a)) => vae::train(a, vae::Kind::Hvae),
         Command::Train(TrainCommand::Diffusion(a)) => diffusion::train(a),
         Command::Train(TrainCommand::Classifier(a)) => diffusion::train_classifier(a),
+        Command::Train(TrainCommand::Autoencoder(a)) => autoencoder::train(a),
         Command::Eval(EvalCommand::Vae(a)) => vae::eval(a),
         Command::Eval(EvalCommand::Diffusion(a)) => diffusion::eval(a),
         Command::Sample(SampleCommand::Vae(a)) => vae::sample(a),

@@ -5,64 +5,20 @@
 //! Randomness comes from an explicit seeded [`StdRng`], never from candle's global CPU generator,
 //! so a run is reproducible from `(seed, step)`.
 
+pub use umbra_core::elbo::{
+    bernoulli_log_prob_per_dim, bits_per_dim, kl_diag_gaussian_per_dim, kl_std_normal_per_dim, log_normal_per_dim,
+    log_std_normal_per_dim, reparameterize, softplus, sum_per_row, LN_2PI,
+};
+
 use candle_core::{DType, Device, Result, Tensor, D};
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
-
-/// ln(2π).
-pub const LN_2PI: f64 = 1.837_877_066_409_345_3;
 
 /// Standard-normal noise ε ~ N(0, I) of the given shape from a seeded generator (f32).
 pub fn randn(rng: &mut StdRng, shape: &[usize], device: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
     Tensor::from_vec(v, shape, device)
-}
-
-/// Reparameterization trick (Luo eq. 19): z = μ + σ ⊙ ε with σ = exp(½ log σ²).
-pub fn reparameterize(mu: &Tensor, logvar: &Tensor, eps: &Tensor) -> Result<Tensor> {
-    mu + (logvar * 0.5)?.exp()?.mul(eps)?
-}
-
-/// Analytic KL(N(μ, σ²) ‖ N(0, I)) per dimension: ½(μ² + σ² − 1 − log σ²), shape of `mu`.
-pub fn kl_std_normal_per_dim(mu: &Tensor, logvar: &Tensor) -> Result<Tensor> {
-    ((mu.sqr()? + logvar.exp()?)? - logvar)?.affine(0.5, -0.5)
-}
-
-/// Analytic KL(N(μ_q, σ_q²) ‖ N(μ_p, σ_p²)) per dimension (diagonal Gaussians):
-/// ½(log σ_p² − log σ_q² + (σ_q² + (μ_q − μ_p)²)/σ_p² − 1).
-pub fn kl_diag_gaussian_per_dim(mu_q: &Tensor, logvar_q: &Tensor, mu_p: &Tensor, logvar_p: &Tensor) -> Result<Tensor> {
-    let ratio = ((logvar_q.exp()? + (mu_q - mu_p)?.sqr()?)? / logvar_p.exp()?)?;
-    ((logvar_p - logvar_q)? + ratio)?.affine(0.5, -0.5)
-}
-
-/// log N(x; μ, σ²) per dimension: −½(ln 2π + log σ² + (x − μ)²/σ²).
-pub fn log_normal_per_dim(x: &Tensor, mu: &Tensor, logvar: &Tensor) -> Result<Tensor> {
-    let sq = ((x - mu)?.sqr()? / logvar.exp()?)?;
-    (sq + logvar)?.affine(-0.5, -0.5 * LN_2PI)
-}
-
-/// log N(x; 0, I) per dimension: −½(ln 2π + x²).
-pub fn log_std_normal_per_dim(x: &Tensor) -> Result<Tensor> {
-    x.sqr()?.affine(-0.5, -0.5 * LN_2PI)
-}
-
-/// Numerically stable softplus(l) = log(1 + eᶩ) = max(l, 0) + log(1 + e^{−|l|}).
-pub fn softplus(l: &Tensor) -> Result<Tensor> {
-    let m = l.relu()?;
-    let t = (l.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    m + t
-}
-
-/// Bernoulli log-likelihood per dimension from logits l: x·l − softplus(l).
-/// Valid for x ∈ [0, 1] (the continuous Bernoulli's unnormalised form for non-binary x).
-pub fn bernoulli_log_prob_per_dim(x: &Tensor, logits: &Tensor) -> Result<Tensor> {
-    (x * logits)? - softplus(logits)?
-}
-
-/// Sum over every dimension but the first: `[B, ...] → [B]`.
-pub fn sum_per_row(t: &Tensor) -> Result<Tensor> {
-    t.flatten_from(1)?.sum(D::Minus1)
 }
 
 /// One named KL-like term of the ELBO, per image `[B]` and per latent dimension `[B, Z]`.
@@ -214,9 +170,4 @@ pub fn mean_and_std_err(v: &[f64]) -> (f64, f64) {
     }
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
     (mean, (var / n).sqrt())
-}
-
-/// Nats per image → bits per dimension: nats / (D · ln 2).
-pub fn bits_per_dim(nats: f64, dims: usize) -> f64 {
-    nats / (dims as f64 * std::f64::consts::LN_2)
 }

@@ -5,6 +5,7 @@
 //!            − Σ_{t=2}^T E_q[KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t))]   (denoising_matching)
 //! (Luo eq. 58). All terms are in nats per example (summed over dimensions); see [`bits_per_dim`].
 
+pub use crate::elbo::{bits_per_dim, gaussian_kl};
 use super::forward::{posterior_mean, posterior_variance, q_sample};
 use super::param::{target, Coef, Parameterization};
 use super::schedule::NoiseSchedule;
@@ -73,18 +74,10 @@ pub fn vdm_diffusion_loss(eps_hat: &Tensor, eps: &Tensor, gamma_prime: &Tensor) 
     Ok((sum_sq_per_example(&(eps - eps_hat)?)? * gamma_prime.affine(0.5, 0.0)?)?)
 }
 
-/// KL(N(μ_q, σ_q² I) ‖ N(μ_p, σ_p² I)) per example = ½ Σ_d [log(σ_p²/σ_q²) + (σ_q² + (μ_q − μ_p)²)/σ_p² − 1].
-pub fn gaussian_kl(mean_q: &Tensor, var_q: f64, mean_p: &Tensor, var_p: f64) -> Result<Tensor> {
-    let dims = mean_q.flatten_from(1)?.dim(1)? as f64;
-    let sq = sum_sq_per_example(&(mean_q - mean_p)?)?;
-    let per_dim_const = (var_p / var_q).ln() + var_q / var_p - 1.0;
-    Ok(sq.affine(0.5 / var_p, 0.5 * dims * per_dim_const)?)
-}
-
 /// Prior matching KL(q(x_T|x_0) ‖ N(0, I)) = ½ Σ_d [ᾱ_T x_0² + (1 − ᾱ_T) − 1 − log(1 − ᾱ_T)] (Luo eq. 58, 2nd term).
 pub fn prior_matching(x0: &Tensor, alpha_bar_t: f64) -> Result<Tensor> {
     let zeros = x0.zeros_like()?;
-    gaussian_kl(&x0.affine(alpha_bar_t.sqrt(), 0.0)?, 1.0 - alpha_bar_t, &zeros, 1.0)
+    Ok(gaussian_kl(&x0.affine(alpha_bar_t.sqrt(), 0.0)?, 1.0 - alpha_bar_t, &zeros, 1.0)?)
 }
 
 /// Denoising matching KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)) with p_θ's variance set to σ_q²(t):
@@ -104,7 +97,7 @@ pub fn denoising_matching(
     let var = posterior_variance(alpha_bar_t, alpha_bar_prev);
     let mq = posterior_mean(x0, x_t, alpha_bar_t, alpha_bar_prev)?;
     let mp = posterior_mean(x0_hat, x_t, alpha_bar_t, alpha_bar_prev)?;
-    gaussian_kl(&mq, var, &mp, var)
+    Ok(gaussian_kl(&mq, var, &mp, var)?)
 }
 
 /// Standard normal CDF Φ(x) = ½(1 + erf(x/√2)).
@@ -155,11 +148,6 @@ impl VlbTerms {
     pub fn bits_per_dim(&self) -> f64 {
         bits_per_dim(self.nll_nats(), self.dims)
     }
-}
-
-/// nats per example → bits per dimension: n / (D · ln 2).
-pub fn bits_per_dim(nats: f64, dims: usize) -> f64 {
-    nats / (dims as f64 * std::f64::consts::LN_2)
 }
 
 /// Monte Carlo estimate (one noise draw per t) of every term of the discrete-time bound (Luo eq. 58) for

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -232,6 +232,9 @@ pub struct Queue {
     pub max_queued: usize,
     /// Finished jobs kept for GET /v1/jobs/{id} (the oldest are forgotten first).
     pub keep_finished: usize,
+    /// Jobs accepted, and jobs a worker started (each job runs at most once).
+    pub submitted: AtomicU64,
+    pub runs: AtomicU64,
 }
 
 impl Queue {
@@ -249,6 +252,8 @@ impl Queue {
             cv: Condvar::new(),
             max_queued,
             keep_finished: 256,
+            submitted: AtomicU64::new(0),
+            runs: AtomicU64::new(0),
         })
     }
 
@@ -310,6 +315,7 @@ impl Queue {
         });
         st.queued.push_back(job.clone());
         st.all.insert(id, job.clone());
+        self.submitted.fetch_add(1, Ordering::SeqCst);
         drop(st);
         self.cv.notify_all();
         Ok(job)
@@ -401,6 +407,9 @@ impl Queue {
                 }
             };
             let spec = job.spec.lock().expect("spec").take();
+            if spec.is_some() {
+                self.runs.fetch_add(1, Ordering::SeqCst);
+            }
             job.set_status(Status::Running);
             let outcome = match spec {
                 Some(spec) => {

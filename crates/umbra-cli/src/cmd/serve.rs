@@ -38,6 +38,9 @@ pub struct Args {
     /// A model to serve (repeat for several): a diffusers folder, a single .safetensors file, or a Hub repo id.
     #[arg(long, required = true)]
     pub model: Vec<String>,
+    /// For single-file checkpoints: a diffusers folder of the same architecture (configs + tokenizer).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
     /// Address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface, then set --api-key or --auth).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -126,7 +129,7 @@ pub fn run(a: Args) -> Result<()> {
             offline: umbra_nn::hub::offline_from_env(),
             progress: true,
         };
-        let src = PipelineSource { model: m.clone(), config_dir: None, device: device.clone(), dtype, hub };
+        let src = PipelineSource { model: m.clone(), config_dir: a.config.clone(), device: device.clone(), dtype, hub };
         let t0 = Instant::now();
         let lp = load::load_pipeline(&src, &overrides).with_context(|| format!("--model {m}"))?;
         eprintln!("loaded {} as {:?} in {:.1}s", lp.path.display(), lp.name, t0.elapsed().as_secs_f64());

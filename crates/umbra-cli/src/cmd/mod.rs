@@ -9,6 +9,7 @@ pub mod bench_sd;
 pub mod data;
 pub mod diffusion;
 pub mod kl;
+pub mod ldm;
 pub mod quickstart;
 pub mod sd;
 pub mod serve;
@@ -83,6 +84,8 @@ pub enum TrainCommand {
     Diffusion(diffusion::TrainArgs),
     /// Noise-conditional classifier (for classifier guidance and sample metrics).
     Classifier(diffusion::ClassifierArgs),
+    /// Stage 2 of latent diffusion: text-to-image UNet + CLIP text encoder on an autoencoder's latents, written as a diffusers pipeline.
+    Ldm(ldm::TrainArgs),
     /// Stage 1 of latent diffusion: SD's AutoencoderKL from scratch (reconstruction + β·KL), written as a diffusers vae/.
     Autoencoder(autoencoder::Args),
 }
@@ -112,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(TrainCommand::Hvae(a)) => vae::train(a, vae::Kind::Hvae),
         Command::Train(TrainCommand::Diffusion(a)) => diffusion::train(a),
         Command::Train(TrainCommand::Classifier(a)) => diffusion::train_classifier(a),
+        Command::Train(TrainCommand::Ldm(a)) => ldm::train(a),
         Command::Train(TrainCommand::Autoencoder(a)) => autoencoder::train(a),
         Command::Eval(EvalCommand::Vae(a)) => vae::eval(a),
         Command::Eval(EvalCommand::Diffusion(a)) => diffusion::eval(a),

@@ -469,6 +469,12 @@ pub fn render_batch(scenes: &[&Scene], size: usize, dev: &Device) -> Result<Tens
     Ok(Tensor::from_vec(px, (scenes.len(), 3, size, size), dev)?)
 }
 
+/// Cosine decay of the learning rate from `lr` to `lr / 20` over `steps`: lr_t = lr (0.05 + 0.95 · ½(1 + cos πt/T)).
+pub fn cosine_lr(lr: f64, step: u64, steps: u64) -> f64 {
+    let p = (step as f64 / steps.max(1) as f64).min(1.0);
+    lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
+}
+
 /// What a recognizer run reports.
 #[derive(Debug, Clone)]
 pub struct RecognizerSummary {
@@ -628,6 +634,7 @@ impl Objective for RecognizerObjective<'_> {
     }
     fn train_step(&mut self, idx: &[usize]) -> Result<Vec<(String, f64)>, TrainError> {
         let t = &mut *self.trainer;
+        t.opt.set_lr(cosine_lr(t.model.config.lr, t.step, t.model.config.steps));
         let loss = t.loss(idx, t.step)?;
         let lv = loss.to_scalar::<f32>()? as f64;
         if !lv.is_finite() {

@@ -22,12 +22,16 @@ Datasets:
                       seeded 2-D samplers (train: 10000 points seed 0, test: 2000 points seed 1;
                       `toy2d:NAME:N` for N points)
   folder:DIR          your PNGs: DIR/*.png or DIR/<class>/*.png (one size; DIR/train + DIR/test
-                      if present, else every 10th file is test)";
+                      if present, else every 10th file is test)
+  shapes | shapes64   captioned scenes of one or two coloured shapes, 32x32 or 64x64 (train 10000,
+                      test 2000: half held-out attribute combinations; `shapes:N` for N train
+                      images; --seed seeds the generator). Prints each shown image's caption.";
 
 const SHOW_EXAMPLES: &str = "Examples:
   umbra data show --dataset digits                 # runs/data/digits-train.png, 64 digits at x4
   umbra data show --dataset mnist --data ~/mnist --n 100 --out mnist.png
-  umbra data show --dataset toy2d:8gaussians --n 5000 --density";
+  umbra data show --dataset toy2d:8gaussians --n 5000 --density
+  umbra data show --dataset shapes --split test --n 16 --ncols 4";
 
 const FETCH_ABOUT: &str = "Download MNIST (4 files, 11 MB) from a public mirror and verify SHA-256.
 
@@ -71,7 +75,7 @@ impl From<SplitArg> for Split {
 #[derive(clap::Args, Debug)]
 pub struct ShowArgs {
     /// Dataset: digits, mnist, mnist-mini, toy2d:moons, toy2d:swissroll, toy2d:8gaussians,
-    /// toy2d:checkerboard (toy2d:NAME:N for N points), folder:DIR.
+    /// toy2d:checkerboard (toy2d:NAME:N for N points), folder:DIR, shapes, shapes64 (shapes:N).
     #[arg(long, default_value = "digits")]
     pub dataset: String,
     /// Folder with the MNIST files (or a folder containing `mnist/`).
@@ -83,7 +87,7 @@ pub struct ShowArgs {
     /// Images in the grid (default 64) or points in the scatter (default: all).
     #[arg(long)]
     pub n: Option<usize>,
-    /// Seed for choosing which images to show.
+    /// Seed for choosing which images to show (and of the generator for `shapes`).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output PNG (or .svg for 2-D plots). Default: runs/data/<dataset>-<split>.png.
@@ -187,8 +191,40 @@ pub fn draw_dataset(
     }
 }
 
+/// `data show` for a captioned `shapes` spec: a grid numbered 0.. and each shown image's caption.
+fn show_captioned(a: &ShowArgs, split: Split, out: &Path) -> Result<()> {
+    let d = umbra_data::load_captioned(&a.dataset, 0, split, a.seed)?;
+    let n = a.n.unwrap_or(64);
+    if n == 0 {
+        anyhow::bail!("--n 0: nothing to draw; pass --n 1 or more");
+    }
+    let idx = pick(&d.images, n, a.seed);
+    let sub = d.images.subset(&idx)?;
+    let up = a.upscale.unwrap_or(if d.images.height <= 32 { 4 } else { 2 }).clamp(1, 32);
+    let opts = GridOptions::new(a.ncols.max(1), up, 2)
+        .labels((0..idx.len()).map(|k| k.to_string()).collect())
+        .caption(format!("{}: {} of {} (seed {})", d.images.name, sub.len(), d.len(), a.seed));
+    let (w, h) = umbra_data::save_grid_with(out, &sub.images, sub.shape(), &opts)?;
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "wrote {}: grid of {} images, {w}x{h} px (x{up})", out.display(), sub.len());
+    let scenes = d.scenes.as_deref().unwrap_or(&[]);
+    for (k, &i) in idx.iter().enumerate() {
+        let held = scenes.get(i).is_some_and(|s| s.is_held_out());
+        let _ = writeln!(o, "{k:>3}: {}{}", d.captions[i], if held { "   [held-out combination]" } else { "" });
+    }
+    let _ = writeln!(o, "{}", d.images.summary());
+    Ok(())
+}
+
 fn show(a: ShowArgs) -> Result<()> {
     let split: Split = a.split.into();
+    if a.dataset.trim().to_ascii_lowercase().starts_with("shapes") {
+        let out = a
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs/data").join(format!("{}.png", file_stem_of(&a.dataset, split))));
+        return show_captioned(&a, split, &out);
+    }
     let d = load_dataset(&a.dataset, a.data.as_deref(), split)?;
     let out = a
         .out

@@ -11,6 +11,7 @@ pub mod diffusion;
 pub mod kl;
 pub mod ldm;
 pub mod quickstart;
+pub mod recognizer;
 pub mod sd;
 pub mod serve;
 pub mod vae;
@@ -84,6 +85,9 @@ pub enum TrainCommand {
     Diffusion(diffusion::TrainArgs),
     /// Noise-conditional classifier (for classifier guidance and sample metrics).
     Classifier(diffusion::ClassifierArgs),
+    /// The `shapes` attribute recognizer that scores text-to-image samples (count, attributes, binding, relation).
+    #[command(long_about = recognizer::TRAIN_ABOUT, after_help = recognizer::TRAIN_EXAMPLES)]
+    Recognizer(recognizer::TrainArgs),
     /// Stage 2 of latent diffusion: text-to-image UNet + CLIP text encoder on an autoencoder's latents, written as a diffusers pipeline.
     Ldm(ldm::TrainArgs),
     /// Stage 1 of latent diffusion: SD's AutoencoderKL from scratch (reconstruction + β·KL), written as a diffusers vae/.
@@ -115,6 +119,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(TrainCommand::Hvae(a)) => vae::train(a, vae::Kind::Hvae),
         Command::Train(TrainCommand::Diffusion(a)) => diffusion::train(a),
         Command::Train(TrainCommand::Classifier(a)) => diffusion::train_classifier(a),
+        Command::Train(TrainCommand::Recognizer(a)) => recognizer::train(a),
         Command::Train(TrainCommand::Ldm(a)) => ldm::train(a),
         Command::Train(TrainCommand::Autoencoder(a)) => autoencoder::train(a),
         Command::Eval(EvalCommand::Vae(a)) => vae::eval(a),

@@ -297,3 +297,116 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+macro_rules! eval_long {
+    () => {
+        "Score a text-to-image model on the `shapes` prompts with the attribute recognizer (`umbra train \
+recognizer`): for seen and held-out attribute combinations (umbra_data::shapes::eval_prompts), every solver in \
+--samplers and every guidance scale in --guidance, one image per prompt (seed --seed + i), the recognizer reads the \
+image and the prompt's target is checked: per attribute (shape, colour, size, place, background), count, binding \
+(each object's attributes on the same object), relation, and whole prompt (everything right). Prints one table per \
+cell and writes OUT/eval.json (all cells' terms) and a grid per cell."
+    };
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  umbra eval ldm --checkpoint runs/ldm-shapes --recognizer runs/recognizer", after_long_help = concat!(eval_long!(), "\n\nExample:\n  umbra eval ldm --checkpoint runs/ldm-shapes --recognizer runs/recognizer --prompts 64"))]
+pub struct EvalArgs {
+    /// A `umbra train ldm` output folder (its pipeline/ is used) or any diffusers SD folder.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// A `umbra train recognizer` output folder.
+    #[arg(long, default_value = "runs/recognizer")]
+    pub recognizer: PathBuf,
+    /// Prompts per group (seen, held-out).
+    #[arg(long, default_value_t = 32)]
+    pub prompts: usize,
+    /// Solvers, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "ddim,dpm++2m-karras")]
+    pub samplers: Vec<String>,
+    /// Guidance scales, comma-separated (1 = no guidance).
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    pub guidance: Vec<f64>,
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    /// Image side (0: the UNet's sample_size × the VAE's factor).
+    #[arg(long, default_value_t = 0)]
+    pub size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where eval.json and the grids go (default: CHECKPOINT/eval).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    use umbra_nn::checkpoint::{LoadOptions, StableDiffusion};
+    use umbra_sample::pipelines::{txt2img, GenerationParams};
+    use umbra_train::recognizer_trainer::{score, TrainedRecognizer};
+    let dev = super::sd::parse_device(&a.device)?;
+    let dir = if a.checkpoint.join(PIPELINE_DIR).join("model_index.json").is_file() {
+        a.checkpoint.join(PIPELINE_DIR)
+    } else {
+        a.checkpoint.clone()
+    };
+    let opts = LoadOptions { device: dev.clone(), ..LoadOptions::default() };
+    let sd = StableDiffusion::load(&dir, &opts).with_context(|| format!("loading {}", dir.display()))?;
+    let sched = umbra_sample::SchedulerConfig::from_file(&dir)?;
+    let rec = TrainedRecognizer::load(&a.recognizer, &dev)
+        .with_context(|| format!("--recognizer {}: train one with `umbra train recognizer`", a.recognizer.display()))?;
+    let f = sd.vae.downsample_factor();
+    let side = if a.size > 0 { a.size } else { sd.unet.config.sample_size.unwrap_or(8) * f };
+    let out = a.out.clone().unwrap_or_else(|| a.checkpoint.join("eval"));
+    std::fs::create_dir_all(&out)?;
+    let mut prompts = umbra_data::shapes::eval_prompts(false, a.prompts, a.seed);
+    prompts.extend(umbra_data::shapes::eval_prompts(true, a.prompts, a.seed));
+    let targets: Vec<_> = prompts.iter().map(|(_, t)| t.clone()).collect();
+    let mut cells = Vec::new();
+    for sampler in &a.samplers {
+        let solver: umbra_sample::SolverKind = sampler.parse()?;
+        for &g in &a.guidance {
+            let t0 = std::time::Instant::now();
+            let mut imgs = Vec::with_capacity(prompts.len());
+            for (i, (p, _)) in prompts.iter().enumerate() {
+                let params = GenerationParams {
+                    prompt: p.clone(),
+                    steps: a.steps,
+                    guidance_scale: g,
+                    seed: a.seed.wrapping_add(i as u64),
+                    height: side,
+                    width: side,
+                    solver,
+                    ..GenerationParams::default()
+                };
+                imgs.push(txt2img(&sd, &sched, &params)?.images);
+            }
+            let images = candle_core::Tensor::cat(&imgs, 0)?;
+            let report = score(&rec, &images, &targets)?;
+            println!(
+                "\n{sampler}, guidance {g}, {} steps ({} images in {:.1} s):\n{}",
+                a.steps,
+                prompts.len(),
+                t0.elapsed().as_secs_f64(),
+                report.table()
+            );
+            let grid = out.join(format!("{}_g{g}.png", sampler.replace('+', "p")));
+            let labels: Vec<String> = prompts.iter().map(|(p, _)| p.clone()).collect();
+            let opts = umbra_data::GridOptions::new(8, umbra_data::grid::auto_upscale(side).max(2), 2).labels(labels);
+            umbra_data::save_grid_tensor(&grid, &images, &opts)?;
+            let terms: serde_json::Map<String, serde_json::Value> =
+                report.terms().into_iter().map(|(k, v)| (k, serde_json::json!(v))).collect();
+            cells.push(serde_json::json!({"sampler": sampler, "guidance": g, "steps": a.steps, "terms": terms,
+                "grid": grid.display().to_string()}));
+        }
+    }
+    let path = out.join("eval.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&serde_json::json!({"model": dir.display().to_string(),
+        "prompts_per_group": a.prompts, "size": side, "cells": cells}))?,
+    )?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

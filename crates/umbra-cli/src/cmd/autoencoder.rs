@@ -15,16 +15,21 @@ q(z|x) = N(μ(x), σ²(x)) over a latent with --latent-channels channels at 1/--
 z = μ + σε is decoded back to pixels. Images enter in [−1, 1] as in SD.
 
 The loss has two terms, each logged:
-  reconstruction  ‖x − x̂‖², the Gaussian term: for a decoder p(x|z) = N(x̂, σ²I), −log p(x|z) = ‖x − x̂‖²/(2σ²) + c.
-                  Logged as `mse` (per value, in [−1, 1]) and `psnr_db` (images in [0, 1]).
-  KL              KL(q(z|x) ‖ N(0, I)) = ½ Σ (μ² + σ² − 1 − log σ²) in nats: `kl_nats` per image,
-                  `kl_per_dim` per latent dimension.
+
+Reconstruction: ‖x − x̂‖², the Gaussian term (for a decoder p(x|z) = N(x̂, σ²I), −log p(x|z) = ‖x − x̂‖²/(2σ²) + c), \
+logged as `mse` (per value, in [−1, 1]) and `psnr_db` (images in [0, 1]).
+
+KL: KL(q(z|x) ‖ N(0, I)) = ½ Σ (μ² + σ² − 1 − log σ²) in nats, logged as `kl_nats` per image and `kl_per_dim` per \
+latent dimension.
+
 loss = (reconstruction + β·KL) / D (D = values per image): the β-ELBO of a decoder with variance σ² = β/2. β is \
 the relative weight of the summed KL, like LDM's kl_weight (1e-6 for SD's VAE, which also has perceptual and \
 adversarial losses). A tiny β leaves the latent scale free and its variance near zero, so the decoder never \
 learns to tolerate small latent errors, which a diffusion model's samples always have; a large β blurs the \
-reconstructions. The default 1e-4 keeps the reconstruction term dominant (PSNR within a fraction of a dB of \
-β = 1e-6) while holding the latents at a moderate scale with non-negligible posterior noise.
+reconstructions. The default 1e-3 still leaves the reconstruction term dominant: on 32×32 shapes at f = 4 its \
+held-out PSNR at equal steps matches β = 1e-4 and 1e-6 to within 0.2 dB. Its KL is about 3.5 nats per latent \
+dimension instead of about 6, so the posterior keeps noise the decoder learns to absorb and the latent mean sits \
+closer to 0.
 
 At the end (also after --resume) the run writes OUT/vae/, a diffusers AutoencoderKL folder (config.json with \
 diffusers' keys, diffusion_pytorch_model.safetensors with diffusers' weight names) that loads unchanged in umbra \
@@ -80,7 +85,7 @@ pub struct Args {
     #[arg(long)]
     pub no_attention: bool,
     /// Relative weight of the summed KL against the summed squared error (see --help).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-3)]
     pub beta: f64,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,

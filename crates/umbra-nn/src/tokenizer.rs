@@ -113,6 +113,9 @@ fn read_pad_token(dir: &Path) -> Option<(String, Option<usize>)> {
     pad.map(|p| (p, max_len))
 }
 
+/// BPE merges in rank order, each a pair of token strings.
+pub type BpeMerges = Vec<(String, String)>;
+
 /// GPT-2/CLIP's reversible byte → unicode map (`bytes_to_unicode`): printable bytes map to themselves,
 /// the other 68 to U+0100 onwards, in byte order. Returned in the order CLIP numbers its first 256 tokens.
 pub fn bytes_to_unicode() -> Vec<(u8, char)> {
@@ -132,7 +135,7 @@ pub fn bytes_to_unicode() -> Vec<(u8, char)> {
 /// The built-in CLIP BPE as (vocabulary in id order, merges in rank order), rebuilt from the embedded
 /// merge list exactly as OpenAI's `SimpleTokenizer`: the 256 byte tokens, the same with `</w>`, the
 /// concatenation of each of the first 48894 merges, then `<|startoftext|>`, `<|endoftext|>`.
-pub fn builtin_vocab_merges() -> Result<(Vec<String>, Vec<(String, String)>)> {
+pub fn builtin_vocab_merges() -> Result<(Vec<String>, BpeMerges)> {
     let bad = |m: String| TokenizerError::Builtin(m);
     let mut text = String::new();
     flate2::read::GzDecoder::new(BUILTIN_BPE_GZ).read_to_string(&mut text).map_err(|e| bad(e.to_string()))?;

@@ -129,6 +129,9 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
         while let Some(c) = read_chunk(&mut r) {
             body.extend(c);
         }
+    } else if let Some(n) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+        body = vec![0; n.1.parse().unwrap()];
+        r.read_exact(&mut body).unwrap();
     } else {
         let _ = r.read_to_end(&mut body);
     }

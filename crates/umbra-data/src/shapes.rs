@@ -540,7 +540,7 @@ pub fn sample_scene_where(rng: &mut SplitMix64, held_out: bool) -> Scene {
 }
 
 /// Stream tags that keep train, test and prompt scenes apart for one seed.
-const TRAIN_STREAM: u64 = 0x7472_6169_6e;
+const TRAIN_STREAM: u64 = 0x74_7261_696e;
 const TEST_STREAM: u64 = 0x7465_7374;
 const PROMPT_STREAM: u64 = 0x7072_6f6d_7074;
 
@@ -549,7 +549,7 @@ const PROMPT_STREAM: u64 = 0x7072_6f6d_7074;
 pub fn split_scene(seed: u64, train: bool, i: usize) -> (Scene, usize) {
     let tag = if train { TRAIN_STREAM } else { TEST_STREAM };
     let mut rng = SplitMix64::new(derive_seed(&[seed, tag, i as u64]));
-    let held_out = !train && i % 2 == 0;
+    let held_out = !train && i.is_multiple_of(2);
     let s = sample_scene_where(&mut rng, held_out);
     let t = rng.below(NUM_TEMPLATES as u64) as usize;
     (s, t)
@@ -673,7 +673,7 @@ fn parse_object(w: &[String], allow_place: bool) -> Option<ObjectTarget> {
                 _ => None,
             };
             // "background" words after a colour-like word are not places.
-            if p.is_some() && !w.get(i + 1).is_some_and(|n| n == "background") {
+            if p.is_some() && w.get(i + 1).is_none_or(|n| n != "background") {
                 place = p;
             }
         }

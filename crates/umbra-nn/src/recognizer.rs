@@ -114,7 +114,7 @@ pub struct Recognizer {
 impl Recognizer {
     pub fn new(vb: VarBuilder, cfg: &RecognizerConfig) -> Result<Self> {
         let c = cfg.channels;
-        let g = |c: usize| if c % 8 == 0 { 8 } else { 1 };
+        let g = |c: usize| if c.is_multiple_of(8) { 8 } else { 1 };
         let mut convs = vec![Conv2d::new(vb.pp("conv0"), 3, c[0], 3, 1, 1)?];
         let mut norms = Vec::new();
         for k in 1..4 {

@@ -52,7 +52,7 @@ impl Default for RecognizerTrainConfig {
             batch_size: 64,
             lr: 2e-3,
             seed: 0,
-            steps: 3000,
+            steps: 1500,
         }
     }
 }
@@ -184,7 +184,7 @@ impl TrainedRecognizer {
     pub fn fit_input(&self, images: &Tensor) -> Result<Tensor, TrainError> {
         let (_, c, h, w) = images.dims4()?;
         let s = self.config.net.image_size;
-        if c != 3 || h != w || h % s != 0 {
+        if c != 3 || h != w || !h.is_multiple_of(s) {
             return Err(TrainError::Invalid(format!(
                 "the recognizer reads RGB {s}×{s} images (or square multiples of it), got {c}×{h}×{w}"
             )));
@@ -452,7 +452,7 @@ pub fn score_recognized(rec: &[Recognized], targets: &[Target]) -> ScoreReport {
 // Training
 
 /// Stream tag of the training pool's scenes.
-const POOL_STREAM: u64 = 0x7265_636f_67;
+const POOL_STREAM: u64 = 0x72_6563_6f67;
 
 /// The training pool: `n` scenes over the whole vocabulary, scene i from (seed, i).
 pub fn scene_pool(seed: u64, n: usize) -> Vec<Scene> {
@@ -558,7 +558,7 @@ impl RecognizerTrainer {
         let s = cfg.net.image_size;
         let mut x = render_batch(&scenes, s, &self.device)?;
         if cfg.noise_max > 0.0 {
-            let mut rng = SplitMix64::new(derive_seed(&[cfg.seed, step, 0x401_5E]));
+            let mut rng = SplitMix64::new(derive_seed(&[cfg.seed, step, 0x0004_015E]));
             let d = 3 * s * s;
             let mut noise = Vec::with_capacity(idx.len() * d);
             for _ in 0..idx.len() {

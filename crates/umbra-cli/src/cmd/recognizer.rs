@@ -23,14 +23,14 @@ ground-truth images right: aim for >= 99% whole-prompt accuracy (the default run
 pub const TRAIN_EXAMPLES: &str = "Examples:
   umbra train recognizer --out runs/recognizer                  # default budget, a few minutes on a laptop CPU
   umbra train recognizer --out runs/recognizer --steps 500      # a quick, weaker one
-  umbra train recognizer --out runs/recognizer --resume --steps 6000";
+  umbra train recognizer --out runs/recognizer --resume --steps 3000";
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// Output folder: checkpoint, metrics.jsonl, curves.png, score.txt.
     #[arg(long, default_value = "runs/recognizer")]
     pub out: PathBuf,
-    /// Optimisation steps (default 3000; with --resume: the checkpoint's budget).
+    /// Optimisation steps (default 1500; with --resume: the checkpoint's budget).
     #[arg(long)]
     pub steps: Option<u64>,
     /// Images per step.
@@ -85,7 +85,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             batch_size: a.batch_size,
             lr: a.lr,
             seed: a.seed,
-            steps: a.steps.unwrap_or(3000),
+            steps: a.steps.unwrap_or(1500),
             ..Default::default()
         };
         RecognizerTrainer::new(cfg, &dev)?

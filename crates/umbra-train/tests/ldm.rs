@@ -339,3 +339,35 @@ fn bad_captions_warn_or_fail_clearly() {
     assert!(e.contains("epsilon or v_prediction"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn init_from_fine_tunes_a_pretrained_pipeline() {
+    let Some(reference) = reference_pipeline() else { return };
+    let d = tmp("init");
+    // 64×64 images for the reference's ×8 VAE (8×8×4 latents); captions through its own tokenizer.
+    let (x, caps) = tiny_data(4);
+    let x = x.upsample_nearest2d(64, 64).unwrap();
+    let mut cfg = tiny_config(&reference.join("vae"), 8);
+    cfg.unet = UNetConfig::from_json_file(&reference.join("unet/config.json")).unwrap();
+    cfg.text_encoder = TextEncoderMode::Frozen { dir: reference.join("text_encoder").display().to_string() };
+    cfg.init_from = Some(reference.display().to_string());
+    let mut t = LdmTrainer::new(cfg, &x, &caps, &Device::Cpu).unwrap();
+    assert!(!t.text_trainable);
+    let vars = umbra_train::checkpoint::varmap_tensors(&t.varmap).unwrap();
+    assert!(vars.keys().all(|k| k.starts_with("unet.")), "a frozen text encoder has no trainable variables");
+    // The UNet starts from the pretrained weights, exactly.
+    let st = candle_core::safetensors::load(reference.join("unet/diffusion_pytorch_model.safetensors"), &Device::Cpu)
+        .unwrap();
+    assert_eq!(st.len(), vars.len());
+    for (k, v) in &st {
+        assert_eq!(max_diff(v, &vars[&format!("unet.{k}")]), 0.0, "{k}");
+    }
+    let (loss, _) = t.step_on(&[0, 1, 2, 3]).unwrap();
+    assert!(loss.is_finite());
+    // The written folder carries the frozen text encoder and the reference's tokenizer, and reloads.
+    let dir = t.write_pipeline(&d.join("pipeline")).unwrap();
+    assert!(dir.join("tokenizer/merges.txt").is_file());
+    let sd = StableDiffusion::load(&dir, &LoadOptions::default()).unwrap();
+    assert_eq!(sd.text_encoder.config.hidden_size, 32);
+    let _ = std::fs::remove_dir_all(&d);
+}

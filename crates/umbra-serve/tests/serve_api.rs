@@ -175,7 +175,7 @@ fn native_jobs_stream_progress_and_cancel_within_one_step() {
     // Per-step progress 1..=6 (a subscriber that arrives late sees the rest) and a preview every 2 steps.
     assert_eq!(steps.last(), Some(&6));
     assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "{steps:?}");
-    assert!(previews >= 1 && previews <= 3, "{previews}");
+    assert!((1..=3).contains(&previews), "{previews}");
     let j = get(a, &format!("/v1/jobs/{id}")).json();
     assert_eq!((j["status"].clone(), j["step"].clone(), j["steps"].clone()), (json!("done"), json!(6), json!(6)));
     // Cancel: the job stops within one step of the request.

@@ -79,7 +79,7 @@ fn mutate(template: &Value, rng: &mut StdRng) -> Vec<u8> {
             let s = template.to_string();
             let cut = rng.random_range(0..s.len().max(1));
             if rng.random() {
-                s[..cut].as_bytes().to_vec()
+                s.as_bytes()[..cut].to_vec()
             } else {
                 (0..rng.random_range(0..64)).map(|_| rng.random::<u8>()).collect()
             }

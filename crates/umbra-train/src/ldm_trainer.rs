@@ -72,6 +72,12 @@ pub struct LdmConfig {
     pub dataset: String,
     /// Image side the data is rendered / resized to.
     pub image_size: usize,
+    /// Seed of generated data (`shapes`) and the number of training examples used (0: all), so `--resume`
+    /// reloads the same data.
+    #[serde(default)]
+    pub data_seed: u64,
+    #[serde(default)]
+    pub limit: usize,
     /// The frozen stage-1 autoencoder: a diffusers `vae/` folder, or a folder containing `vae/`.
     pub autoencoder: String,
     pub unet: UNetConfig,
@@ -154,6 +160,8 @@ impl LdmConfig {
         Self {
             dataset: dataset.into(),
             image_size,
+            data_seed: 0,
+            limit: 0,
             autoencoder: autoencoder.into(),
             unet: small_unet_config(latent_channels, latent_size, 64),
             text_encoder: TextEncoderMode::Joint { config: small_text_config(64) },

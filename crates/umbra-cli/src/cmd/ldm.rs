@@ -71,7 +71,7 @@ pub struct TrainArgs {
     /// Stop (and save) after this many minutes.
     #[arg(long)]
     pub max_minutes: Option<f64>,
-    /// Continue the run in --out from its checkpoint (same data flags).
+    /// Continue the run in --out from its checkpoint (its data, model and objective; --steps may raise the budget).
     #[arg(long)]
     pub resume: bool,
     /// epsilon or v_prediction.
@@ -202,6 +202,8 @@ fn build_config(a: &TrainArgs, images: &candle_core::Tensor, captions: &[String]
         }
     };
     c.text_encoder = text_mode;
+    c.data_seed = a.data_seed;
+    c.limit = a.limit;
     c.init_from = a.init_from.as_ref().map(|p| p.display().to_string());
     c.prediction_type = parse_prediction(&a.prediction_type)?;
     c.min_snr_gamma = a.min_snr_gamma;
@@ -224,10 +226,19 @@ fn build_config(a: &TrainArgs, images: &candle_core::Tensor, captions: &[String]
 
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let dev = super::sd::parse_device(&a.device)?;
-    let mut ds = load_captioned(&a.data, a.size, Split::Train, a.data_seed)
-        .with_context(|| format!("loading --data {}", a.data))?;
-    if a.limit > 0 && a.limit < ds.len() {
-        ds = ds.take(a.limit);
+    // A resumed run reloads the data it was trained on (spec, size, seed, limit from its config).
+    let (spec, size, data_seed, limit) = if a.resume {
+        let ck = umbra_train::Checkpoint::load_kind(&a.out, &candle_core::Device::Cpu, &[ldm_trainer::KIND])
+            .with_context(|| format!("--resume: cannot continue the run in {}", a.out.display()))?;
+        let c: LdmConfig = ck.config_as()?;
+        (c.dataset, c.image_size, c.data_seed, c.limit)
+    } else {
+        (a.data.clone(), a.size, a.data_seed, a.limit)
+    };
+    let mut ds =
+        load_captioned(&spec, size, Split::Train, data_seed).with_context(|| format!("loading --data {spec}"))?;
+    if limit > 0 && limit < ds.len() {
+        ds = ds.take(limit);
     }
     let all: Vec<usize> = (0..ds.len()).collect();
     let images = ds.images.batch(&all, &dev)?;

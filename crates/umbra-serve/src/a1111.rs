@@ -125,8 +125,7 @@ pub async fn img2img(State(state): State<SharedState>, JsonBody(body): JsonBody<
     }
     let strength = r.denoising_strength.unwrap_or(0.75);
     // Sizes are checked before the image is resized.
-    let probe = state.build_spec(inp.clone(), Mode::Txt2img, &FIELDS)?;
-    let (w, h) = (probe.width, probe.height);
+    let (w, h) = state.image_size(&inp, &FIELDS)?;
     let image = images::image_tensor(&init, w, h)?;
     let mode = match r.mask.as_deref().filter(|m| !m.is_empty()) {
         Some(m) => {

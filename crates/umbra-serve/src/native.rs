@@ -99,8 +99,7 @@ pub async fn submit(
             if inp.height.is_none() {
                 inp.height = Some((init.height() as usize / 8 * 8).max(8));
             }
-            let probe = state.build_spec(inp.clone(), Mode::Txt2img, &FIELDS)?;
-            let (w, h) = (probe.width, probe.height);
+            let (w, h) = state.image_size(&inp, &FIELDS)?;
             let image = images::image_tensor(&init, w, h)?;
             match r.mask.as_deref().filter(|s| !s.is_empty()) {
                 Some(m) => {

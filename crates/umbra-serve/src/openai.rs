@@ -152,8 +152,7 @@ pub async fn edits(State(state): State<SharedState>, mut mp: Multipart) -> ApiRe
         inp.width = Some((init.width() as usize / 8 * 8).max(8));
         inp.height = Some((init.height() as usize / 8 * 8).max(8));
     }
-    let probe = state.build_spec(inp.clone(), Mode::Txt2img, &FIELDS)?;
-    let (w, h) = (probe.width, probe.height);
+    let (w, h) = state.image_size(&inp, &FIELDS)?;
     let tensor = images::image_tensor(&init, w, h)?;
     let strength = r.strength.unwrap_or(match mask {
         Some(_) => 1.0,

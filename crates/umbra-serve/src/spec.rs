@@ -92,6 +92,27 @@ impl AppState {
             })
     }
 
+    /// The image size `input` asks for (the model's native size by default), checked against the limits and
+    /// the VAE's factor.
+    pub fn image_size(&self, input: &SpecInput, f: &Fields) -> ApiResult<(usize, usize)> {
+        let lim = &self.config.limits;
+        let m = &self.queue.models[self.model_index(input.model.as_deref(), f.model)?];
+        let factor = m.pipeline.sd.vae.downsample_factor();
+        let side = |v: Option<usize>, name: &str, max: usize| -> ApiResult<usize> {
+            let v = v.unwrap_or(m.native_size);
+            if v == 0 || v > max || !v.is_multiple_of(factor) {
+                return Err(ApiError::field(
+                    name,
+                    format!("{v} must be a multiple of {factor} in {factor}..={max} (see --max-width/--max-height)"),
+                ));
+            }
+            Ok(v)
+        };
+        let width = side(input.width, f.width, lim.max_width)?;
+        let height = side(input.height, f.height, lim.max_height)?;
+        Ok((width, height))
+    }
+
     /// Validate `input` (with mode `mode`) against the model and the limits.
     pub fn build_spec(&self, input: SpecInput, mode: Mode, f: &Fields) -> ApiResult<GenSpec> {
         let lim = &self.config.limits;
@@ -115,19 +136,7 @@ impl AppState {
         if !input.guidance.is_finite() || !(0.0..=100.0).contains(&input.guidance) {
             return Err(ApiError::field(f.guidance, format!("{} is out of range 0..=100", input.guidance)));
         }
-        let factor = m.pipeline.sd.vae.downsample_factor();
-        let side = |v: Option<usize>, name: &str, max: usize| -> ApiResult<usize> {
-            let v = v.unwrap_or(m.native_size);
-            if v == 0 || v > max || !v.is_multiple_of(factor) {
-                return Err(ApiError::field(
-                    name,
-                    format!("{v} must be a multiple of {factor} in {factor}..={max} (see --max-width/--max-height)"),
-                ));
-            }
-            Ok(v)
-        };
-        let width = side(input.width, f.width, lim.max_width)?;
-        let height = side(input.height, f.height, lim.max_height)?;
+        let (width, height) = self.image_size(&input, f)?;
         let mut solver = match input.sampler.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             Some(s) => load::parse_sd_solver(s).map_err(|e| ApiError::field(f.sampler, e.to_string()))?,
             None => m.pipeline.default_solver,

@@ -510,8 +510,9 @@ impl AutoencoderTrainer {
         let k = inputs.dim(0)?;
         let both = Tensor::cat(&[inputs, recon], 0)?;
         let (v, shape) = umbra_data::grid::tensor_images(&both).map_err(|e| TrainError::Plot(e.to_string()))?;
-        let opts = GridOptions::new(k.max(1), umbra_data::grid::auto_upscale(self.config.image_size), 2)
-            .caption(format!("test inputs (top), reconstructions (bottom): step {}, PSNR {psnr:.2} dB", self.step));
+        let upscale = umbra_data::grid::auto_upscale(self.config.image_size).max(2);
+        let opts = GridOptions::new(k.max(1), upscale, 2)
+            .caption(format!("top: test inputs; bottom: reconstructions (step {}, {psnr:.2} dB)", self.step));
         umbra_data::save_grid_with(path, &v, shape, &opts).map_err(|e| TrainError::Plot(e.to_string()))?;
         Ok(())
     }

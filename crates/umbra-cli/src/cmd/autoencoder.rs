@@ -199,13 +199,17 @@ pub fn train(a: Args) -> anyhow::Result<()> {
     let vae = a.out.join("vae");
     let (_, stats) = t.export_vae(&vae)?;
     let get = |k: &str| summary.eval.iter().find(|t| t.0 == k).map_or(f64::NAN, |t| t.1);
-    eprintln!(
-        "done: step {} in {:.1} s ({:.2} steps/s); last train loss {:.5}",
-        t.step(),
-        summary.seconds,
-        summary.steps_per_sec,
-        summary.last_loss
-    );
+    if summary.last_terms.is_empty() {
+        eprintln!("no steps to run: the run is at step {} of its {} (raise --steps to train on)", t.step(), c.steps);
+    } else {
+        eprintln!(
+            "done: step {} in {:.1} s ({:.2} steps/s); last train loss {:.5}",
+            t.step(),
+            summary.seconds,
+            summary.steps_per_sec,
+            summary.last_loss
+        );
+    }
     println!(
         "held-out ({} test images): reconstruction PSNR {:.2} dB, MSE {:.5} (in [-1, 1]), KL {:.1} nats per image = {:.3} nats per latent dimension",
         c.eval_images.min(t.test.len()),

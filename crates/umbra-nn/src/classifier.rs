@@ -67,7 +67,7 @@ pub struct Classifier {
 impl Classifier {
     pub fn new(vb: VarBuilder, cfg: &ClassifierConfig) -> Result<Self> {
         let [c1, c2, c3] = cfg.channels;
-        let g = |c: usize| if c % 8 == 0 { 8 } else { 1 };
+        let g = |c: usize| if c.is_multiple_of(8) { 8 } else { 1 };
         Ok(Self {
             conv1: Conv2d::new(vb.pp("conv1"), cfg.in_channels, c1, 3, 1, 1)?,
             norm1: GroupNorm::new(vb.pp("norm1"), g(c1), c1, 1e-5)?,

@@ -108,7 +108,7 @@ impl HvaeConfig {
             )));
         }
         if self.latents.contains(&0) || self.hidden.contains(&0) {
-            return Err(candle_core::Error::Msg(format!("latent sizes and hidden widths must be positive")));
+            return Err(candle_core::Error::Msg("latent sizes and hidden widths must be positive".into()));
         }
         Ok(())
     }

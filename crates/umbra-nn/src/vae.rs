@@ -92,7 +92,7 @@ impl VaeConfig {
     /// Check the configuration, with a message that says what to change.
     pub fn validate(&self) -> Result<()> {
         if self.latent_dim == 0 {
-            return Err(candle_core::Error::Msg(format!("latent dimension must be at least 1")));
+            return Err(candle_core::Error::Msg("latent dimension must be at least 1".into()));
         }
         if self.hidden.is_empty() || self.hidden.contains(&0) {
             return Err(candle_core::Error::Msg(format!(

@@ -21,7 +21,10 @@ impl Ema {
         if !(0.0..1.0).contains(&decay) {
             return Err(TrainError::Invalid(format!("EMA decay must be in [0, 1), got {decay}; 0.999 is typical")));
         }
-        Ok(Self { decay, shadow: crate::checkpoint::varmap_tensors(varmap)?, updates: 0 })
+        // Detached: a copy of a variable records a backprop op, and each update would then chain onto the previous
+        // shadow and keep every earlier one alive (memory grew by the model's size at every step).
+        let shadow = crate::checkpoint::varmap_tensors(varmap)?.into_iter().map(|(k, v)| (k, v.detach())).collect();
+        Ok(Self { decay, shadow, updates: 0 })
     }
 
     /// The decay used at the next update: min(d, (1 + k)/(10 + k)).
@@ -40,7 +43,7 @@ impl Ema {
                 Some(s) => ((s * d)? + (cur * (1.0 - d))?)?,
                 None => cur.copy()?,
             };
-            self.shadow.insert(k.clone(), new);
+            self.shadow.insert(k.clone(), new.detach());
         }
         self.updates += 1;
         Ok(())
@@ -55,8 +58,30 @@ impl Ema {
                 )));
             }
         }
-        self.shadow = tensors;
+        self.shadow = tensors.into_iter().map(|(k, v)| (k, v.detach())).collect();
         self.updates = updates;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ema;
+    use candle_core::{DType, Device};
+    use candle_nn::{Init, VarMap};
+
+    /// The shadows carry no autograd graph, so memory stays flat over any number of updates.
+    #[test]
+    fn shadows_stay_detached_across_updates() {
+        let vm = VarMap::new();
+        vm.get((4, 3), "w", Init::Const(1.0), DType::F32, &Device::Cpu).unwrap();
+        let mut ema = Ema::new(&vm, 0.9).unwrap();
+        assert!(ema.shadow.values().all(|t| !t.track_op()));
+        for _ in 0..5 {
+            ema.update(&vm).unwrap();
+        }
+        assert!(ema.shadow.values().all(|t| !t.track_op()), "an EMA shadow is tracked by autograd");
+        let w = ema.shadow["w"].to_vec2::<f32>().unwrap();
+        assert!(w.iter().flatten().all(|&x| (x - 1.0).abs() < 1e-6), "the average of a constant is the constant");
     }
 }

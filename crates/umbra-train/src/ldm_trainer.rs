@@ -459,11 +459,7 @@ impl LdmTrainer {
             load_varmap(&varmap, &unet_only)?;
         }
         let opt = AdamW::new(named_vars(&varmap), AdamWConfig { lr: config.lr, ..Default::default() })?;
-        let mut ema = Ema::new(&varmap, config.ema_decay)?;
-        // `Ema::new` copies the variables with `Tensor::copy`, which records a backprop op; every later update
-        // would then chain onto the previous shadow and keep all of them alive (memory grew ~3× the parameter
-        // size per step). Detached shadows carry no graph.
-        ema.shadow = std::mem::take(&mut ema.shadow).into_iter().map(|(k, v)| (k, v.detach())).collect();
+        let ema = Ema::new(&varmap, config.ema_decay)?;
         let schedule = config.noise_schedule()?;
         let captions = tokenize_captions(&tokenizer, captions, true)?;
         Ok(Self {

@@ -129,7 +129,8 @@ impl Trainer {
         let c = &self.config;
         std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
         let mpath = out.join("metrics.jsonl");
-        let mut log = if obj.step() > 0 { MetricsLogger::resume(&mpath, obj.step())? } else { MetricsLogger::create(&mpath)? };
+        let mut log =
+            if obj.step() > 0 { MetricsLogger::resume(&mpath, obj.step())? } else { MetricsLogger::create(&mpath)? };
         let bs = c.batch_size.max(1).min(n_examples.max(1));
         let batcher = Batcher::new(n_examples, bs, c.seed).drop_last(c.drop_last);
         let nb = batcher.num_batches() as u64;
@@ -148,7 +149,8 @@ impl Trainer {
         let mut window: Vec<(String, f64)> = Vec::new();
         let mut window_n = 0usize;
         let mut eval = Vec::new();
-        let out_of_time = |t0: &std::time::Instant| c.max_minutes.is_some_and(|m| t0.elapsed().as_secs_f64() >= m * 60.0);
+        let out_of_time =
+            |t0: &std::time::Instant| c.max_minutes.is_some_and(|m| t0.elapsed().as_secs_f64() >= m * 60.0);
         for (_epoch, _k, idx) in batcher.from_step(obj.step()) {
             if obj.step() >= end || out_of_time(&t0) {
                 break;
@@ -174,10 +176,10 @@ impl Trainer {
             window_n += 1;
             last = terms;
             pb.set_position(step);
-            if step % c.show_every.max(1) == 0 {
+            if step.is_multiple_of(c.show_every.max(1)) {
                 progress::set_terms(&pb, &last);
             }
-            if step % c.log_every.max(1) == 0 || step % nb == 0 || step == end {
+            if step.is_multiple_of(c.log_every.max(1)) || step.is_multiple_of(nb) || step == end {
                 let mut rec = serde_json::json!({ "split": "train", "step": step, "epoch": step as f64 / nb as f64,
                     "seconds": t0.elapsed().as_secs_f64() });
                 for (k, v) in obj.log_extras() {
@@ -190,10 +192,10 @@ impl Trainer {
                 window.iter_mut().for_each(|w| w.1 = 0.0);
                 window_n = 0;
             }
-            if c.eval_every > 0 && step % c.eval_every == 0 && (step < end || !c.eval_at_end) {
+            if c.eval_every > 0 && step.is_multiple_of(c.eval_every) && (step < end || !c.eval_at_end) {
                 eval = self.evaluate(obj, out, &mut log, &pb, nb)?;
             }
-            if c.checkpoint_every > 0 && step % c.checkpoint_every == 0 && step < end {
+            if c.checkpoint_every > 0 && step.is_multiple_of(c.checkpoint_every) && step < end {
                 obj.save(out)?;
                 let _ = obj.write_curves(out);
             }

@@ -5,11 +5,11 @@
 //!            − Σ_{t=2}^T E_q[KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t))]   (denoising_matching)
 //! (Luo eq. 58). All terms are in nats per example (summed over dimensions); see [`bits_per_dim`].
 
-pub use crate::elbo::{bits_per_dim, gaussian_kl};
 use super::forward::{posterior_mean, posterior_variance, q_sample};
 use super::param::{target, Coef, Parameterization};
 use super::schedule::NoiseSchedule;
 use super::{DiffusionError, Result};
+pub use crate::elbo::{bits_per_dim, gaussian_kl};
 use candle_core::{DType, Tensor, D};
 use rand::Rng;
 use rand_distr::StandardNormal;

@@ -344,18 +344,7 @@ impl AutoencoderTrainer {
         }
         let mut t = Self::new(cfg, train, test, device)?;
         load_varmap(&t.varmap, &ck.with_prefix("model."))?;
-        let step = ck
-            .state
-            .get("step")
-            .and_then(|s| s.as_u64())
-            .ok_or_else(|| TrainError::Corrupt("state has no `step`".into()))?;
-        let opt_t = ck.state.get("optimizer_t").and_then(|s| s.as_u64()).unwrap_or(step);
-        t.opt.load_state(&ck.with_prefix("optim."), opt_t)?;
-        if let Some(e) = &mut t.ema {
-            let n = ck.state.get("ema_updates").and_then(|s| s.as_u64()).unwrap_or(step);
-            e.load(ck.with_prefix("ema."), n)?;
-        }
-        t.step = step;
+        t.step = ck.restore_training(&mut t.opt, t.ema.as_mut())?;
         Ok(t)
     }
 

@@ -204,6 +204,30 @@ impl Checkpoint {
         Ok(c)
     }
 
+    /// The run's step (`state.step`); a checkpoint without one is corrupt.
+    pub fn step(&self) -> Result<u64, TrainError> {
+        self.state
+            .get("step")
+            .and_then(|s| s.as_u64())
+            .ok_or_else(|| TrainError::Corrupt(format!("{} checkpoint state has no `step`", self.kind)))
+    }
+
+    /// Restore a resumed run's optimizer moments (`optim.*` at `state.optimizer_t`) and, if given, its EMA shadow
+    /// (`ema.*` after `state.ema_updates` updates; both counters default to the step); returns the step.
+    pub fn restore_training(
+        &self,
+        opt: &mut crate::optim::AdamW,
+        ema: Option<&mut crate::ema::Ema>,
+    ) -> Result<u64, TrainError> {
+        let step = self.step()?;
+        let counter = |k: &str| self.state.get(k).and_then(|s| s.as_u64()).unwrap_or(step);
+        opt.load_state(&self.with_prefix("optim."), counter("optimizer_t"))?;
+        if let Some(e) = ema {
+            e.load(self.with_prefix("ema."), counter("ema_updates"))?;
+        }
+        Ok(step)
+    }
+
     /// The config deserialised into `T`, with a clear error when it does not fit.
     pub fn config_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, TrainError> {
         serde_json::from_value(self.config.clone()).map_err(|e| {

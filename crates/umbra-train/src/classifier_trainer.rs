@@ -203,21 +203,13 @@ impl ClassifierTrainer {
         }
         let mut t = Self::new(cfg, device)?;
         load_varmap(&t.model.varmap, &ck.with_prefix("model."))?;
-        let step = ck
-            .state
-            .get("step")
-            .and_then(|s| s.as_u64())
-            .ok_or_else(|| TrainError::Corrupt("classifier state has no `step`".into()))?;
-        let optim = ck.with_prefix("optim.");
-        if optim.is_empty() {
+        if ck.with_prefix("optim.").is_empty() {
             return Err(TrainError::Missing(format!(
                 "{} has no optimizer state (written before `--resume` existed); train it again without --resume",
                 path.display()
             )));
         }
-        let opt_t = ck.state.get("optimizer_t").and_then(|s| s.as_u64()).unwrap_or(step);
-        t.opt.load_state(&optim, opt_t)?;
-        t.step = step;
+        t.step = ck.restore_training(&mut t.opt, None)?;
         Ok(t)
     }
 

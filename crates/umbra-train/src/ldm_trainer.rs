@@ -499,16 +499,7 @@ impl LdmTrainer {
         cfg.init_from = None; // the checkpoint's weights replace the initial ones anyway
         let mut t = Self::new(cfg, images, captions, device)?;
         load_varmap(&t.varmap, &ck.with_prefix("model."))?;
-        let step = ck
-            .state
-            .get("step")
-            .and_then(|s| s.as_u64())
-            .ok_or_else(|| TrainError::Corrupt("state has no `step`".into()))?;
-        let opt_t = ck.state.get("optimizer_t").and_then(|s| s.as_u64()).unwrap_or(step);
-        t.opt.load_state(&ck.with_prefix("optim."), opt_t)?;
-        let ema_n = ck.state.get("ema_updates").and_then(|s| s.as_u64()).unwrap_or(step);
-        t.ema.load(ck.with_prefix("ema."), ema_n)?;
-        t.step = step;
+        t.step = ck.restore_training(&mut t.opt, Some(&mut t.ema))?;
         Ok(t)
     }
 

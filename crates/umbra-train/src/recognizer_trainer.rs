@@ -525,14 +525,7 @@ impl RecognizerTrainer {
         }
         let mut t = Self::new(cfg, device)?;
         load_varmap(&t.model.varmap, &ck.with_prefix("model."))?;
-        let step = ck
-            .state
-            .get("step")
-            .and_then(|s| s.as_u64())
-            .ok_or_else(|| TrainError::Corrupt("recognizer state has no `step`".into()))?;
-        let opt_t = ck.state.get("optimizer_t").and_then(|s| s.as_u64()).unwrap_or(step);
-        t.opt.load_state(&ck.with_prefix("optim."), opt_t)?;
-        t.step = step;
+        t.step = ck.restore_training(&mut t.opt, None)?;
         Ok(t)
     }
 

@@ -377,14 +377,7 @@ impl VaeTrainer {
         }
         let mut t = Self::new(mc, tc, device)?;
         load_varmap(&t.varmap, &ck.with_prefix("model."))?;
-        let step = ck
-            .state
-            .get("step")
-            .and_then(|s| s.as_u64())
-            .ok_or_else(|| TrainError::Corrupt("state has no `step`".into()))?;
-        let opt_t = ck.state.get("optimizer_t").and_then(|s| s.as_u64()).unwrap_or(step);
-        t.opt.load_state(&ck.with_prefix("optim."), opt_t)?;
-        t.step = step;
+        t.step = ck.restore_training(&mut t.opt, None)?;
         Ok(t)
     }
 

@@ -380,6 +380,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         for &g in &a.guidance {
             let t0 = std::time::Instant::now();
             let mut imgs = Vec::with_capacity(prompts.len());
+            let pb = umbra_train::progress::bar(prompts.len() as u64, &format!("{sampler} w={g}"));
             for (i, (p, _)) in prompts.iter().enumerate() {
                 let params = GenerationParams {
                     prompt: p.clone(),
@@ -392,7 +393,9 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
                     ..GenerationParams::default()
                 };
                 imgs.push(txt2img(&sd, &sched, &params)?.images);
+                pb.inc(1);
             }
+            pb.finish_and_clear();
             let images = candle_core::Tensor::cat(&imgs, 0)?;
             let report = score(&rec, &images, &targets)?;
             println!(

@@ -10,7 +10,8 @@
 #
 # Environment (defaults in brackets):
 #   CARGO_TARGET_DIR   [/work/target-cuda]  kept apart from the CPU build: a feature change rebuilds everything
-#   CUDA_COMPUTE_CAP   [90]                 no nvidia-smi here, so the target GPU is named (90 = H100/H200)
+#   CUDA_COMPUTE_CAP   [90; 89 with nvcc 11] no nvidia-smi here, so the target GPU is named (90 = H100/H200;
+#                                           candle-kernels makes 90 into 90a, which needs nvcc >= 12)
 #   NVCC_CCBIN         [g++-11 if present]  host compiler for nvcc 11.8 (which supports gcc <= 11)
 #   CUDNN_LIB_DIR      [searched]           a folder holding libcudnn.so.9 (PyPI nvidia-cudnn-cu12/cu13)
 #   NICE               [19]                 builds run under `nice -n $NICE`
@@ -32,7 +33,6 @@ done
 
 cd "$(dirname "$0")/.." || exit 1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-cuda}"
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 NICE="${NICE:-19}"
 JOBS="${JOBS:-2}"
 LOG_DIR="${LOG_DIR:-$CARGO_TARGET_DIR/cuda-build-check-logs}"
@@ -73,7 +73,15 @@ if ! command -v nvcc >/dev/null 2>&1; then
   install_toolkit || exit 1
 fi
 NVCC="$(command -v nvcc)"
-say "nvcc: $NVCC — $("$NVCC" --version | grep -o 'release [0-9.]*')"
+NVCC_RELEASE="$("$NVCC" --version | grep -o 'release [0-9.]*' | cut -d' ' -f2)"
+say "nvcc: $NVCC — release $NVCC_RELEASE"
+if [ -z "${CUDA_COMPUTE_CAP:-}" ]; then
+  # The target is an H100/H200 (sm_90), but candle-kernels' builder (cudaforge 0.1.6) turns a bare "90" into
+  # "90a" (Hopper's arch-specific features), which only nvcc >= 12.0 knows. With nvcc 11.x the check builds
+  # for 89 instead; candle's kernels are PTX, which the driver JIT-compiles for the GPU it runs on.
+  if [ "${NVCC_RELEASE%%.*}" -ge 12 ] 2>/dev/null; then CUDA_COMPUTE_CAP=90; else CUDA_COMPUTE_CAP=89; fi
+fi
+export CUDA_COMPUTE_CAP
 if [ -z "${NVCC_CCBIN:-}" ]; then
   # nvcc 11.8 supports gcc <= 11; Debian's wrapper accepts gcc 12, but g++-11 is the supported pairing.
   if command -v g++-11 >/dev/null 2>&1; then

@@ -20,6 +20,7 @@
 #   --dry-run           detect the GPU, print every step's command, write the report, run nothing
 #   --self-test         test the argument parsing, the JSON writer and the no-GPU path; needs no GPU
 #   -h, --help          this text
+# Logs go to a temp folder ($GPU_CHECK_LOGS to choose it) and, archived, to gpu-check-logs.tar.gz beside the report.
 # Environment: CARGO_TARGET_DIR [target/gpu-check], NVIDIA_SMI [nvidia-smi], CUDA_COMPUTE_CAP [from nvidia-smi],
 # PYTHON [python3].
 # Exit status: 0 every step that ran passed; 1 some step failed; 2 bad arguments; 3 no NVIDIA GPU.
@@ -324,6 +325,37 @@ import json, sys
 for p in sys.argv[1:]:
     json.load(open(p))' "$tmp/dry.json" "$tmp/nogpu.json"
   fi
+  # a fake umbra that prints what the real subcommands print: the parsing of every figure
+  cat >"$tmp/fake-umbra" <<'EOF'
+#!/bin/sh
+case "$2" in
+  txt2img) printf '%s\n' "built in 1.5 s" "text encode + step 1: 0.500 s" \
+    "steps 2..20: 1.900 s = 10.00 it/s (100.0 ms per step)" "VAE decode: 0.200 s" "total: 2.600 s for 1 image(s)" ;;
+  unet) printf '%s\n' "  evaluation 0: 0.900 s" "  evaluation 1: 0.050 s" \
+    "UNet Sd15 at 512x512 (latent 64x64), batch 2: mean 0.150 s, min 0.050 s per evaluation" ;;
+  train-step) printf '%s\n' "MODEL [Fast] median step ms: 12.5 (min 11.0; median process CPU ms per step 12)" \
+    "[Fast] forward (sampling) batch 64: median 3.2 ms = 20000.0 images/s" ;;
+esac
+EOF
+  chmod +x "$tmp/fake-umbra"
+  NVIDIA_SMI="$tmp/fake-smi" GPU_CHECK_LOGS="$tmp/logs" "$SCRIPT" --umbra "$tmp/fake-umbra" \
+    --only txt2img,bench_unet,train_step --out "$tmp/run.json" >"$tmp/o" 2>&1
+  check "a run with a fake GPU and a fake umbra: exit 0" test $? = 0
+  if command -v python3 >/dev/null 2>&1; then
+    check "every figure is parsed from umbra's output" python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1])); s = r["steps"]
+assert r["status"] == "pass" and list(s) == ["txt2img", "bench_unet", "train_step"], r
+t = s["txt2img"]
+assert (t["it_per_s"], t["ms_per_step"], t["text_encode_and_first_step_s"], t["vae_decode_s"], t["total_s"],
+        t["build_s"], t["peak_gpu_mem_mib"]) == (10.0, 100.0, 0.5, 0.2, 2.6, 1.5, 0), t
+u = s["bench_unet"]
+assert (u["mean_s"], u["min_s"], u["first_eval_s"]) == (0.15, 0.05, 0.9), u
+m = s["train_step"]
+assert (m["median_step_ms"], m["min_step_ms"], m["sampling_images_per_s"]) == (12.5, 11.0, 20000.0), m
+' "$tmp/run.json"
+  fi
+  check "the logs are archived beside the report" test -s "$tmp/gpu-check-logs.tar.gz"
   rm -rf "$tmp"
   if [ $fails = 0 ]; then echo "self-test: all passed"; else echo "self-test: $fails failed"; fi
   [ $fails = 0 ]
@@ -334,6 +366,7 @@ for p in sys.argv[1:]:
 # ---------------------------------------------------------------------------------------------------
 step_build() {
   local cmd="cargo build --release -p umbra-cli --features cuda && cargo test --release -p umbra-nn --features cuda --test cuda_parity --no-run"
+  wanted build || return
   if [ -n "$UMBRA" ]; then
     add_step build "$(jobj status s:skipped reason "s:--umbra $UMBRA given")"
     return
@@ -350,6 +383,14 @@ step_build() {
     return
   fi
   if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH="$PATH:/usr/local/cuda/bin"; fi
+  # candle-kernels' builder makes a bare 90 into 90a, which needs nvcc >= 12; older nvcc builds PTX for 89,
+  # which the driver JIT-compiles for the GPU (see scripts/cuda-build-check.sh)
+  local rel
+  rel="$(nvcc --version 2>/dev/null | grep -o 'release [0-9]*' | grep -o '[0-9]*$')"
+  if [ -n "$rel" ] && [ "$rel" -lt 12 ] && [ "${COMPUTE_CAP:-0}" -ge 90 ] 2>/dev/null; then
+    say "build: nvcc $rel cannot target ${COMPUTE_CAP}a; building for 89 (PTX, JIT-compiled by the driver)"
+    COMPUTE_CAP=89
+  fi
   local limit
   limit="$(left)"
   # one cargo call per artifact; the second reuses the first's dependencies
@@ -384,7 +425,7 @@ step_parity() {
   fi
   run_logged parity "$(($(left) < 180 ? $(left) : 180))" env UMBRA_TINY_SD_REFERENCE="$REFERENCE" "$bin" --nocapture --test-threads 1
   local results passed failed st
-  results="[$(sed -n 's/^GPUCHECK //p' "$LOGS/parity.log" | paste -sd, - | sed 's/,/, /g')]"
+  results="[$(sed -n 's/^GPUCHECK //p' "$LOGS/parity.log" | paste -sd, -)]"
   passed="$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$LOGS/parity.log" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+')"
   failed="$(grep -oE '[0-9]+ failed' "$LOGS/parity.log" | tail -1 | grep -oE '[0-9]+')"
   if grep -q '^SKIPPED' "$LOGS/parity.log"; then RC=1; fi # a skip on the GPU machine is a failure
@@ -585,7 +626,8 @@ main() {
   fi
   say "GPU: $GPU_JSON"
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/gpu-check}"
-  LOGS="$(dirname "$REPORT")/gpu-check-logs"
+  # Logs live outside $OUT (whose files come back only a few at a time); one archive of them goes next to the report.
+  LOGS="${GPU_CHECK_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-logs.XXXXXX")}"
   mkdir -p "$LOGS"
   if [ -z "$REFERENCE" ]; then
     for d in "$ROOT/shared/reference/tiny-sd-v1" "$ROOT/../shared/reference/tiny-sd-v1"; do
@@ -620,6 +662,10 @@ main() {
   [ "$DRY_RUN" = 1 ] && status=planned
   [ "$FAILED" = 1 ] && status=fail
   write_report "$status" "" "$GPU_JSON"
+  if [ "$DRY_RUN" = 0 ]; then
+    tar -czf "$(dirname "$REPORT")/gpu-check-logs.tar.gz" -C "$LOGS" --exclude=./site . 2>/dev/null &&
+      echo "gpu-check: logs in $(dirname "$REPORT")/gpu-check-logs.tar.gz (and $LOGS)"
+  fi
   [ "$FAILED" = 0 ]
 }
 

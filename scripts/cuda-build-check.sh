@@ -7,6 +7,13 @@
 #   scripts/cuda-build-check.sh                 # all steps; log per step in $LOG_DIR
 #   scripts/cuda-build-check.sh --no-install    # fail instead of installing the toolkit
 #   scripts/cuda-build-check.sh --skip-cudnn    # leave out the cuda,cudnn build
+#   scripts/cuda-build-check.sh --quick-gguf    # on an overloaded machine: see below
+#
+# --quick-gguf: candle-kernels also compiles 15 GGUF/MoE sources (llama.cpp's quantized matmuls, which umbra
+# never calls) into a static library, at -O3 with SASS: about 1.5 CPU-minutes per file with nvcc 11.8. With
+# this flag an nvcc wrapper compiles those objects (and only those: not the PTX kernels umbra runs) with
+# `-Xcicc -O0` and embeds PTX instead of SASS (code=compute_XX, no ptxas). Every source still goes through
+# nvcc's front end and NVVM, so compile errors are still caught; the binary is for checking, not for running.
 #
 # Environment (defaults in brackets):
 #   CARGO_TARGET_DIR   [/work/target-cuda]  kept apart from the CPU build: a feature change rebuilds everything
@@ -22,10 +29,12 @@ set -uo pipefail
 
 install=1
 cudnn=1
+quick_gguf=0
 for a in "$@"; do
   case "$a" in
     --no-install) install=0 ;;
     --skip-cudnn) cudnn=0 ;;
+    --quick-gguf) quick_gguf=1 ;;
     -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "cuda-build-check: unknown argument '$a' (see --help)" >&2; exit 2 ;;
   esac
@@ -73,6 +82,7 @@ if ! command -v nvcc >/dev/null 2>&1; then
   install_toolkit || exit 1
 fi
 NVCC="$(command -v nvcc)"
+REAL_NVCC="$NVCC"
 NVCC_RELEASE="$("$NVCC" --version | grep -o 'release [0-9.]*' | cut -d' ' -f2)"
 say "nvcc: $NVCC — release $NVCC_RELEASE"
 if [ -z "${CUDA_COMPUTE_CAP:-}" ]; then
@@ -92,9 +102,29 @@ if [ -z "${NVCC_CCBIN:-}" ]; then
   fi
 fi
 say "host compiler: ${NVCC_CCBIN:-nvcc default ($(gcc -dumpfullversion 2>/dev/null))}"
+if [ "$quick_gguf" = 1 ]; then
+  # cudaforge runs $NVCC when it is set; its cache is keyed by source, arguments and arch, not by nvcc's path
+  wrapper="$CARGO_TARGET_DIR/nvcc-quick-gguf"
+  cat >"$wrapper" <<EOF
+#!/usr/bin/env bash
+# written by scripts/cuda-build-check.sh --quick-gguf: object compiles (-c) get -Xcicc -O0 and PTX instead of SASS
+args=()
+quick=0
+for a in "\$@"; do [ "\$a" = -c ] && quick=1; done
+for a in "\$@"; do
+  if [ \$quick = 1 ] && [[ "\$a" == *arch=compute_*,code=sm_* ]]; then p="\${a%%,code=*}"; a="\$p,code=\${p##*arch=}"; fi
+  args+=("\$a")
+done
+[ \$quick = 1 ] && args+=(-Xcicc -O0)
+exec "$NVCC" "\${args[@]}"
+EOF
+  chmod +x "$wrapper"
+  export NVCC="$wrapper"
+  say "--quick-gguf: the GGUF/MoE objects are compiled by $wrapper (-Xcicc -O0, PTX only)"
+fi
 # cudarc finds the libraries (libcuda, libcublas, libcurand, libnvrtc) under $CUDA_ROOT/lib{,64,/x86_64-linux-gnu,..}
 # and reads the CUDA version from `nvcc --version` (candle enables cuda-version-from-build-system).
-CUDA_ROOT="${CUDA_ROOT:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}"
+CUDA_ROOT="${CUDA_ROOT:-$(dirname "$(dirname "$(readlink -f "$REAL_NVCC")")")}"
 case "$CUDA_ROOT" in /usr/lib/nvidia-cuda-toolkit) CUDA_ROOT=/usr ;; esac # Debian: headers and libs under /usr
 export CUDA_ROOT
 say "CUDA_ROOT=$CUDA_ROOT CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP CARGO_TARGET_DIR=$CARGO_TARGET_DIR"

@@ -316,6 +316,39 @@ impl ClipTextModel {
         self.final_layer_norm.forward(&out.hidden_states[n - 1 - clip_skip])
     }
 
+    /// The token embedding table `[vocab_size, hidden_size]`.
+    pub fn token_embedding_weight(&self) -> &Tensor {
+        self.token_embedding.embeddings()
+    }
+
+    /// Replaces the token embedding table; textual inversion appends rows for its new tokens.
+    pub fn set_token_embedding_weight(&mut self, weight: Tensor) -> Result<()> {
+        let (v, h) = weight.dims2()?;
+        if h != self.config.hidden_size {
+            candle_core::bail!("token embeddings must have {} features, got {h}", self.config.hidden_size);
+        }
+        self.token_embedding = Embedding::new(weight, h);
+        self.config.vocab_size = v;
+        Ok(())
+    }
+
+    /// Every linear layer's weight under its transformers module path (`encoder.layers.0.self_attn.q_proj`,
+    /// `encoder.layers.0.mlp.fc1`): the tensors the model computes with, so an adapter can fuse into them.
+    pub fn linear_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let a = &l.self_attn;
+            for (n, lin) in [("self_attn.q_proj", &a.q_proj), ("self_attn.k_proj", &a.k_proj)]
+                .into_iter()
+                .chain([("self_attn.v_proj", &a.v_proj), ("self_attn.out_proj", &a.out_proj)])
+                .chain([("mlp.fc1", &l.fc1), ("mlp.fc2", &l.fc2)])
+            {
+                out.push((format!("encoder.layers.{i}.{n}"), lin.weight().clone()));
+            }
+        }
+        out
+    }
+
     /// The final LayerNorm (for callers that pick their own hidden state).
     pub fn final_layer_norm(&self, x: &Tensor) -> Result<Tensor> {
         self.final_layer_norm.forward(x)

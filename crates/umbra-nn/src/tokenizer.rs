@@ -70,6 +70,8 @@ pub struct ClipTokenizer {
     pub eos_id: u32,
     pub pad_id: u32,
     pub max_length: usize,
+    /// Textual inversion's multi-vector tokens: the id of `tok` stands for the ids of `tok tok_1 … tok_{n-1}`.
+    expansions: std::collections::HashMap<u32, Vec<u32>>,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -320,6 +322,7 @@ impl ClipTokenizer {
             pad_id: id(pad_token)?,
             max_length: MAX_LENGTH,
             inner,
+            expansions: Default::default(),
         })
     }
 
@@ -332,10 +335,40 @@ impl ClipTokenizer {
         Ok(self)
     }
 
-    /// BPE ids of `text` without BOS/EOS, truncation or padding.
+    /// BPE ids of `text` without BOS/EOS, truncation or padding (a multi-vector token expanded to its ids).
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        if self.expansions.is_empty() {
+            return Ok(enc.get_ids().to_vec());
+        }
+        Ok(enc.get_ids().iter().flat_map(|id| self.expansions.get(id).cloned().unwrap_or_else(|| vec![*id])).collect())
+    }
+
+    /// Adds whole-word tokens (textual inversion's trigger words, matched before BPE as transformers'
+    /// `add_tokens` does) and returns their ids; a token the vocabulary already has keeps its id.
+    pub fn add_tokens(&mut self, tokens: &[String]) -> Result<Vec<u32>> {
+        let new: Vec<AddedToken> = tokens.iter().map(|t| AddedToken::from(t.clone(), false)).collect();
+        self.inner.add_tokens(&new);
+        tokens
+            .iter()
+            .map(|t| self.inner.token_to_id(t).ok_or_else(|| TokenizerError::MissingToken(t.clone())))
+            .collect()
+    }
+
+    /// Makes `id` stand for `ids` in every encoded text (diffusers' `maybe_convert_prompt` for multi-vector
+    /// embeddings: `tok` → `tok tok_1 …`).
+    pub fn set_expansion(&mut self, id: u32, ids: Vec<u32>) {
+        self.expansions.insert(id, ids);
+    }
+
+    /// The id of `token`, if the vocabulary (or an added token) has it.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The size of the vocabulary with added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
     }
 
     /// BPE token strings of `text` (e.g. `"photo</w>"`), without specials.

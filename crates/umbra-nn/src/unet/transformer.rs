@@ -183,6 +183,15 @@ enum Projection {
     Linear(Linear),
 }
 
+impl Projection {
+    fn weight(&self) -> &Tensor {
+        match self {
+            Projection::Conv(c) => &c.weight,
+            Projection::Linear(l) => l.weight(),
+        }
+    }
+}
+
 /// Settings of one `Transformer2DModel`.
 #[derive(Debug, Clone, Copy)]
 pub struct Transformer2DConfig {
@@ -237,6 +246,11 @@ impl Transformer2DModel {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { norm, proj_in, transformer_blocks, proj_out, inner_dim: inner })
+    }
+
+    /// The `proj_in` and `proj_out` weights (1×1 conv `[out, in, 1, 1]` or linear `[out, in]`).
+    pub fn projection_weights(&self) -> (&Tensor, &Tensor) {
+        (self.proj_in.weight(), self.proj_out.weight())
     }
 
     /// `x: [B, C, H, W]`, `context: [B, M, cross_attention_dim]` or `None` (self-attention only).

@@ -13,7 +13,7 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ApiResult};
 use crate::images;
 use crate::jobs::{Job, JobState, Mode, Status};
-use crate::spec::{Fields, SpecInput};
+use crate::spec::{set_noises, Fields, SpecInput, INIT_NOISE_FIELD};
 use crate::SharedState;
 
 const FIELDS: Fields = Fields {
@@ -50,6 +50,10 @@ pub struct Request {
     pub inpainting_mask_invert: Option<u8>,
     /// umbra's extension: leading | linspace | trailing.
     pub timestep_spacing: Option<String>,
+    /// umbra's extension (img2img): base64 safetensors with `noise`, `posterior_noise`, `masked_posterior_noise`.
+    pub umbra_init_noise: Option<String>,
+    /// umbra's extension (img2img): sample | mode.
+    pub umbra_vae_sample: Option<String>,
 }
 
 fn clip_skip(state: &SharedState, r: &Request) -> usize {
@@ -135,8 +139,11 @@ pub async fn img2img(State(state): State<SharedState>, JsonBody(body): JsonBody<
         }
         None => Mode::Img2img { image, strength },
     };
-    let spec = state.build_spec(inp, mode, &FIELDS)?;
+    let mut spec = state.build_spec(inp, mode, &FIELDS)?;
+    let noise = r.umbra_init_noise.as_deref().map(|b| images::b64_decode(b, INIT_NOISE_FIELD)).transpose()?;
+    set_noises(&mut spec, &state, noise.as_deref(), r.umbra_vae_sample.as_deref())?;
     obj.insert("init_images".into(), Value::Null);
+    obj.remove(INIT_NOISE_FIELD);
     obj.insert("mask".into(), Value::Null);
     run(&state, spec, &r, obj, Some(strength)).await
 }

@@ -72,6 +72,10 @@ pub struct GenSpec {
     pub mode: Mode,
     /// Decode x̂_0 into a preview every K steps (0: never).
     pub preview_every: usize,
+    /// img2img/inpainting: given noises (umbra's `umbra_init_noise` field), shape-checked.
+    pub noises: umbra_sample::pipelines::InitNoises,
+    /// img2img/inpainting: posterior sample or mean (`umbra_vae_sample`).
+    pub vae_sample: umbra_sample::pipelines::VaeSample,
 }
 
 impl GenSpec {
@@ -497,6 +501,10 @@ fn run(model: &Arc<Model>, job: &Arc<Job>, spec: GenSpec) -> Result<JobResult, F
         width: spec.width,
         solver: spec.solver,
         clip_skip: spec.clip_skip,
+        init_noise: spec.noises.noise.clone(),
+        posterior_noise: spec.noises.posterior_noise.clone(),
+        masked_posterior_noise: spec.noises.masked_posterior_noise.clone(),
+        vae_sample: spec.vae_sample,
         observer: Some(observer),
         ..Default::default()
     };

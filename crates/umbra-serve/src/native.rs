@@ -19,7 +19,7 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ApiResult};
 use crate::images;
 use crate::jobs::{Job, JobEvent, Mode};
-use crate::spec::{Fields, SpecInput};
+use crate::spec::{set_noises, Fields, SpecInput, INIT_NOISE_FIELD};
 use crate::SharedState;
 
 const FIELDS: Fields = Fields {
@@ -61,6 +61,10 @@ pub struct JobRequest {
     pub mask_invert: Option<bool>,
     /// img2img 0.75, inpainting 1.
     pub strength: Option<f64>,
+    /// img2img / inpainting: base64 safetensors with `noise`, `posterior_noise`, `masked_posterior_noise`.
+    pub umbra_init_noise: Option<String>,
+    /// img2img / inpainting: sample | mode.
+    pub umbra_vae_sample: Option<String>,
 }
 
 /// `POST /v1/jobs`.
@@ -111,7 +115,12 @@ pub async fn submit(
             }
         }
     };
-    let spec = state.build_spec(inp, mode, &FIELDS)?;
+    if r.init_image.is_none() && (r.umbra_init_noise.is_some() || r.umbra_vae_sample.is_some()) {
+        return Err(ApiError::field(INIT_NOISE_FIELD, "umbra_init_noise and umbra_vae_sample need an init_image"));
+    }
+    let mut spec = state.build_spec(inp, mode, &FIELDS)?;
+    let noise = r.umbra_init_noise.as_deref().map(|b| images::b64_decode(b, INIT_NOISE_FIELD)).transpose()?;
+    set_noises(&mut spec, &state, noise.as_deref(), r.umbra_vae_sample.as_deref())?;
     let job = state.queue.submit(spec)?;
     Ok((StatusCode::ACCEPTED, Json(job_json(&state, &job, false))))
 }

@@ -11,7 +11,7 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ApiResult};
 use crate::images;
 use crate::jobs::{GenSpec, Mode, Status};
-use crate::spec::{Fields, SpecInput};
+use crate::spec::{set_noises, Fields, SpecInput, INIT_NOISE_FIELD, VAE_SAMPLE_FIELD};
 use crate::SharedState;
 
 const FIELDS: Fields = Fields {
@@ -112,6 +112,8 @@ pub async fn generations(
 pub async fn edits(State(state): State<SharedState>, mut mp: Multipart) -> ApiResult<Json<Value>> {
     let mut image: Option<Vec<u8>> = None;
     let mut mask: Option<Vec<u8>> = None;
+    let mut init_noise: Option<Vec<u8>> = None;
+    let mut vae_sample: Option<String> = None;
     let mut fields = serde_json::Map::new();
     loop {
         let field = match mp.next_field().await {
@@ -127,6 +129,9 @@ pub async fn edits(State(state): State<SharedState>, mut mp: Multipart) -> ApiRe
         match name.as_str() {
             "image" | "image[]" => image = Some(bytes.to_vec()),
             "mask" => mask = Some(bytes.to_vec()),
+            // umbra's extensions: a safetensors file of noises, and sample | mode.
+            INIT_NOISE_FIELD => init_noise = Some(bytes.to_vec()),
+            VAE_SAMPLE_FIELD => vae_sample = Some(String::from_utf8_lossy(&bytes).into_owned()),
             "" => {}
             _ => {
                 let text =
@@ -168,7 +173,15 @@ pub async fn edits(State(state): State<SharedState>, mut mp: Multipart) -> ApiRe
         }
         None => Mode::Img2img { image: tensor, strength },
     };
-    let spec = state.build_spec(inp, mode, &FIELDS)?;
+    let mut spec = state.build_spec(inp, mode, &FIELDS)?;
+    // The noise file as a file part, or as base64 text (a safetensors file starts with a binary length).
+    let init_noise = match init_noise {
+        Some(b) if b.iter().all(|c| c.is_ascii_alphanumeric() || b"+/=\r\n ".contains(c)) => {
+            Some(images::b64_decode(&String::from_utf8_lossy(&b), INIT_NOISE_FIELD)?)
+        }
+        other => other,
+    };
+    set_noises(&mut spec, &state, init_noise.as_deref(), vae_sample.as_deref())?;
     run(&state, spec).await
 }
 

@@ -2,7 +2,7 @@
 //! names, A1111's scheduler, the limits, and seeds (−1 or none = random). Errors are 422s naming the
 //! API's own field.
 
-use umbra_sample::pipelines::load;
+use umbra_sample::pipelines::{load, InitNoises, VaeSample};
 use umbra_sample::SchedulerConfig;
 
 use crate::error::{ApiError, ApiResult};
@@ -68,6 +68,35 @@ pub struct Fields {
     pub height: &'static str,
     pub sampler: &'static str,
     pub strength: &'static str,
+}
+
+/// umbra's request field for reproducible img2img/inpainting (every API; A1111 has none): a base64 safetensors
+/// file of named tensors `noise`, `posterior_noise`, `masked_posterior_noise` (as the CLI's `--init-noise`).
+pub const INIT_NOISE_FIELD: &str = "umbra_init_noise";
+/// umbra's request field: `sample` (default; z = μ + σ·ε) or `mode` (z = μ) for the input image's latents.
+pub const VAE_SAMPLE_FIELD: &str = "umbra_vae_sample";
+
+/// Set a validated spec's given noises (`init_noise`: the safetensors bytes of [`INIT_NOISE_FIELD`]) and VAE
+/// sample mode; 422s name the field.
+pub fn set_noises(
+    spec: &mut GenSpec,
+    m: &AppState,
+    init_noise: Option<&[u8]>,
+    vae_sample: Option<&str>,
+) -> ApiResult<()> {
+    if let Some(v) = vae_sample.map(str::trim).filter(|v| !v.is_empty()) {
+        spec.vae_sample = v.parse::<VaeSample>().map_err(|e| ApiError::field(VAE_SAMPLE_FIELD, e.to_string()))?;
+    }
+    let Some(bytes) = init_noise else { return Ok(()) };
+    let field = |e: umbra_sample::pipelines::PipelineError| ApiError::field(INIT_NOISE_FIELD, e.to_string());
+    let noises = InitNoises::from_safetensors(bytes, "the safetensors file").map_err(field)?;
+    let sd = &m.queue.models[spec.model].pipeline.sd;
+    let f = sd.vae.downsample_factor();
+    noises
+        .check(spec.batch, (sd.vae.config.latent_channels, spec.height / f, spec.width / f), "the safetensors file")
+        .map_err(field)?;
+    spec.noises = noises;
+    Ok(())
 }
 
 /// A random seed in A1111's range (32 bits).
@@ -189,6 +218,8 @@ impl AppState {
             clip_skip: input.clip_skip,
             mode,
             preview_every: input.preview_every.min(input.steps),
+            noises: InitNoises::default(),
+            vae_sample: VaeSample::Sample,
         })
     }
 }

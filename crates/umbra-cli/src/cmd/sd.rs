@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use umbra_nn::checkpoint::StableDiffusion;
 use umbra_nn::tokenizer::ClipTokenizer;
 use umbra_sample::pipelines::infotext::{self, ImageMeta};
 use umbra_sample::pipelines::load::{self, PipelineSource, SchedulerOverrides};
-use umbra_sample::pipelines::{self, png_text, Generation, GenerationParams};
+use umbra_sample::pipelines::{self, png_text, Generation, GenerationParams, InitNoises, VaeSample};
 use umbra_sample::{SchedulerConfig, SolverKind};
 
 const MODEL_HELP: &str = "A Stable Diffusion 1.x/2.x checkpoint: a diffusers folder (model_index.json, unet/, vae/, \
@@ -56,7 +56,14 @@ macro_rules! img2img_about {
 Encodes --image with the VAE (a seeded sample of q(z|x), times scaling_factor), noises it to the level of step \
 steps − ⌊steps · strength⌋ and runs the remaining steps with guidance. --strength 1 ignores the image's content; \
 0.3 keeps its layout and colours. The image is resized to --width × --height (default: its own size, rounded down \
-to a multiple of 8)."
+to a multiple of 8).
+
+Reproducing a diffusers run: --init-noise FILE (safetensors) with the tensors `noise` (the add-noise ε) and \
+`posterior_noise` (the ε of the image's posterior sample z = μ + σ·ε), each [batch, 4, H/8, W/8] \
+(posterior_noise may be [1, 4, H/8, W/8]). diffusers' StableDiffusionImg2ImgPipeline draws them from its one \
+generator in the order posterior_noise, noise: g = torch.Generator().manual_seed(s); posterior_noise = \
+torch.randn(shape, generator=g); noise = torch.randn(shape, generator=g). Either may be left out (then drawn \
+from --seed). --vae-sample mode uses the posterior mean z = μ instead (recorded in the PNG's parameters)."
     };
 }
 
@@ -75,7 +82,13 @@ macro_rules! inpaint_about {
 With a 9-channel inpainting UNet (e.g. stable-diffusion-inpainting) the UNet sees [x_t, mask, latents of the \
 masked image]. With an ordinary 4-channel UNet, after every step the unmasked region is replaced by the \
 original latents noised to the next step's level (and by the clean latents after the last step), so it comes \
-back unchanged up to the VAE round trip. The mask is a grayscale image, thresholded at 50%."
+back unchanged up to the VAE round trip (diffusers' StableDiffusionInpaintPipeline with a 4-channel UNet). The \
+mask is a grayscale image, thresholded at 50%.
+
+Reproducing a diffusers run: --init-noise FILE with `noise`, `posterior_noise` (the image's posterior ε) and \
+`masked_posterior_noise` (the masked image's, used by 9-channel UNets), each [batch, 4, H/8, W/8]. \
+StableDiffusionInpaintPipeline draws them from its one generator in the order posterior_noise (not drawn by a \
+9-channel UNet at --strength 1), noise, masked_posterior_noise. --vae-sample mode uses posterior means instead."
     };
 }
 
@@ -140,7 +153,8 @@ pub struct CommonArgs {
     /// Image width in pixels (multiple of 8; default: the UNet's sample_size × 8).
     #[arg(long)]
     pub width: Option<usize>,
-    /// A .safetensors file with one tensor of unit-variance noise [batch, 4, H/8, W/8] to start from.
+    /// A .safetensors file with one tensor of unit-variance noise [batch, 4, H/8, W/8] to start from, or
+    /// (img2img, inpaint) named tensors noise, posterior_noise, masked_posterior_noise (see --help).
     #[arg(long)]
     pub init_noise: Option<PathBuf>,
     /// Use the text encoder's layer `k` before the last (diffusers' clip_skip; A1111's "clip skip 2" is 1).
@@ -193,6 +207,9 @@ pub struct Img2ImgArgs {
     /// How much of the noise schedule to re-run, in (0, 1].
     #[arg(long, default_value_t = 0.75)]
     pub strength: f64,
+    /// sample: the image's latents are a posterior sample z = μ + σ·ε (diffusers, A1111); mode: z = μ.
+    #[arg(long, default_value = "sample", value_parser = parse_vae_sample)]
+    pub vae_sample: VaeSample,
 }
 
 #[derive(clap::Args, Debug)]
@@ -209,6 +226,9 @@ pub struct InpaintArgs {
     /// 1: repaint from pure noise; lower keeps more of the original under the mask.
     #[arg(long, default_value_t = 1.0)]
     pub strength: f64,
+    /// sample: the images' latents are posterior samples z = μ + σ·ε (diffusers, A1111); mode: z = μ.
+    #[arg(long, default_value = "sample", value_parser = parse_vae_sample)]
+    pub vae_sample: VaeSample,
 }
 
 #[derive(clap::Args, Debug)]
@@ -255,14 +275,22 @@ fn load(c: &CommonArgs) -> Result<(StableDiffusion, SchedulerConfig, SolverKind,
     Ok((lp.sd, lp.scheduler, solver, lp.name))
 }
 
-fn read_init_noise(path: &Path) -> Result<Tensor> {
-    let ts = candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("reading --init-noise {}", path.display()))?;
-    if ts.len() != 1 {
-        let keys: Vec<&String> = ts.keys().collect();
-        bail!("--init-noise {} must hold exactly one tensor, it holds {}: {keys:?}", path.display(), ts.len());
-    }
-    Ok(ts.into_values().next().expect("one tensor").to_dtype(DType::F32)?)
+fn parse_vae_sample(s: &str) -> std::result::Result<VaeSample, String> {
+    s.parse().map_err(|e: pipelines::PipelineError| e.to_string())
+}
+
+/// `--init-noise FILE`: one tensor (the initial noise) or the named noises of img2img/inpainting.
+fn read_init_noise(path: &Path) -> Result<InitNoises> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading --init-noise {}", path.display()))?;
+    Ok(InitNoises::from_safetensors(&bytes, &format!("--init-noise {}", path.display()))?)
+}
+
+/// Which pipeline the parameters are for (what of `--init-noise` it uses).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Txt2img,
+    Img2img,
+    Inpaint,
 }
 
 fn params(
@@ -270,30 +298,58 @@ fn params(
     sd: &StableDiffusion,
     solver: SolverKind,
     size: Option<(usize, usize)>,
+    task: Task,
+    vae_sample: VaeSample,
 ) -> Result<GenerationParams> {
-    let default_side = sd.unet.config.sample_size.unwrap_or(64) * sd.vae.downsample_factor();
+    let f = sd.vae.downsample_factor();
+    let default_side = sd.unet.config.sample_size.unwrap_or(64) * f;
     let (dw, dh) = size.unwrap_or((default_side, default_side));
     if c.preview == Some(0) {
         bail!("--preview K needs K ≥ 1");
     }
-    let init_noise = c.init_noise.as_deref().map(read_init_noise).transpose()?;
-    Ok(GenerationParams {
+    let (height, width) = (c.height.unwrap_or(dh), c.width.unwrap_or(dw));
+    let mut noises = InitNoises::default();
+    if let Some(path) = c.init_noise.as_deref() {
+        noises = read_init_noise(path)?;
+        let what = format!("--init-noise {}", path.display());
+        if task == Task::Txt2img && noises.noise.is_none() {
+            bail!("{what} holds no `noise` tensor (txt2img starts from it)");
+        }
+        let unused: Vec<&str> = match task {
+            Task::Txt2img => vec!["posterior_noise", "masked_posterior_noise"],
+            Task::Img2img => vec!["masked_posterior_noise"],
+            Task::Inpaint if sd.unet.config.in_channels == sd.vae.config.latent_channels => {
+                vec!["masked_posterior_noise"]
+            }
+            Task::Inpaint => vec![],
+        };
+        for (name, _) in noises.named() {
+            if unused.contains(&name) || (vae_sample == VaeSample::Mode && name != "noise") {
+                eprintln!("warning: {what}: `{name}` is not used by this run");
+            }
+        }
+        if height.is_multiple_of(f) && width.is_multiple_of(f) {
+            noises.check(c.batch, (sd.vae.config.latent_channels, height / f, width / f), &what)?;
+        }
+    }
+    let mut p = GenerationParams {
         prompt: c.prompt.clone(),
         negative_prompt: c.negative_prompt.clone(),
         steps: c.steps,
         guidance_scale: c.guidance,
         seed: c.seed,
         batch: c.batch,
-        height: c.height.unwrap_or(dh),
-        width: c.width.unwrap_or(dw),
+        height,
+        width,
         solver,
         clip_skip: c.clip_skip,
-        init_noise,
+        vae_sample,
         progress: true,
-        trace: false,
         preview_every: c.preview.unwrap_or(0),
-        observer: None,
-    })
+        ..Default::default()
+    };
+    noises.apply(&mut p);
+    Ok(p)
 }
 
 fn out_path(out: &Path, i: usize, n: usize, suffix: &str) -> PathBuf {
@@ -359,7 +415,7 @@ fn image_size(c: &CommonArgs) -> Option<(usize, usize)> {
 pub fn txt2img(a: Txt2ImgArgs) -> Result<()> {
     let c = &a.common;
     let (sd, sched, solver, model) = load(c)?;
-    let p = params(c, &sd, solver, None)?;
+    let p = params(c, &sd, solver, None, Task::Txt2img, VaeSample::Sample)?;
     let t0 = Instant::now();
     let g = pipelines::txt2img(&sd, &sched, &p)?;
     eprintln!(
@@ -377,7 +433,7 @@ pub fn img2img(a: Img2ImgArgs) -> Result<()> {
     let c = &a.common;
     let (sd, sched, solver, model) = load(c)?;
     let (image, w, h) = load_image(&a.image, image_size(c), false)?;
-    let p = params(c, &sd, solver, Some((w, h)))?;
+    let p = params(c, &sd, solver, Some((w, h)), Task::Img2img, a.vae_sample)?;
     let t0 = Instant::now();
     let g = pipelines::img2img(&sd, &sched, &p, &image, a.strength)?;
     eprintln!("generated {} image(s) {}x{} in {:.1}s", p.batch, p.width, p.height, t0.elapsed().as_secs_f64());
@@ -391,7 +447,7 @@ pub fn inpaint(a: InpaintArgs) -> Result<()> {
     let (sd, sched, solver, model) = load(c)?;
     let (image, w, h) = load_image(&a.image, image_size(c), false)?;
     let (mask, _, _) = load_image(&a.mask, Some((w, h)), true)?;
-    let p = params(c, &sd, solver, Some((w, h)))?;
+    let p = params(c, &sd, solver, Some((w, h)), Task::Inpaint, a.vae_sample)?;
     let t0 = Instant::now();
     let g = pipelines::inpaint(&sd, &sched, &p, &image, &mask, a.strength)?;
     eprintln!("generated {} image(s) {}x{} in {:.1}s", p.batch, p.width, p.height, t0.elapsed().as_secs_f64());

@@ -1,11 +1,15 @@
 //! Image-to-image (SDEdit): encode the image, noise it to the level of step
 //! `start = steps − ⌊steps · strength⌋` and run the remaining steps with guidance.
+//!
+//! As diffusers' `StableDiffusionImg2ImgPipeline`: x_0 = (μ + σ·ε_post) · scaling_factor (or μ · scaling_factor
+//! with [`super::VaeSample::Mode`]), then x_start = q(x_start | x_0) with `noise`; both ε's may be given (see
+//! [`super::noises`]) to reproduce a diffusers run.
 
 use candle_core::Tensor;
 use umbra_nn::checkpoint::StableDiffusion;
 
 use super::{
-    denoiser, encode_image, initial_noise, run_and_decode, validate, Generation, GenerationParams, PipelineError,
+    denoiser, encode_image_with, initial_noise, run_and_decode, validate, Generation, GenerationParams, PipelineError,
     Result,
 };
 use crate::SchedulerConfig;
@@ -53,7 +57,7 @@ pub fn img2img(
     let start = start_step(p.steps, strength)?;
     let dev = sd.text_encoder.device().clone();
     let image = batch_image(&image.to_device(&dev)?, p)?;
-    let x0 = encode_image(&sd.vae, &image, p.seed)?;
+    let x0 = encode_image_with(&sd.vae, &image, p.vae_sample, p.posterior_noise.as_ref(), p.seed, "posterior_noise")?;
     let (noise, seeds) = initial_noise(p, shape, &dev)?;
     let solver = p.solver.build(sched)?;
     let x = solver.add_noise(&x0, &noise, p.steps, start)?;

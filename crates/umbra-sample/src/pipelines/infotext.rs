@@ -26,8 +26,20 @@ pub struct ImageMeta {
 }
 
 impl ImageMeta {
-    /// The meta of image `i` (seed `seeds[i]`) of a run with `p` on `model`.
+    /// The meta of image `i` (seed `seeds[i]`) of a run with `p` on `model`. A run with the VAE posterior's
+    /// mean adds `vae_sample: mode`; given posterior noises add `posterior_noise: given` (and the masked one's).
     pub fn of(p: &GenerationParams, seed: u64, model: &str, extra: &[(String, String)]) -> Self {
+        let mut extra = extra.to_vec();
+        if p.vae_sample == super::VaeSample::Mode {
+            extra.push(("vae_sample".to_string(), "mode".to_string()));
+        } else {
+            if p.posterior_noise.is_some() {
+                extra.push(("posterior_noise".to_string(), "given".to_string()));
+            }
+            if p.masked_posterior_noise.is_some() {
+                extra.push(("masked_posterior_noise".to_string(), "given".to_string()));
+            }
+        }
         Self {
             prompt: p.prompt.clone(),
             negative_prompt: p.negative_prompt.clone(),
@@ -40,7 +52,7 @@ impl ImageMeta {
             height: p.height,
             clip_skip: p.clip_skip,
             model: model.to_string(),
-            extra: extra.to_vec(),
+            extra,
         }
     }
 

@@ -4,13 +4,17 @@
 //! * Ordinary 4-channel UNets: after every step the known region is replaced by the original latents
 //!   noised to the next step's level, `x ← m · x + (1 − m) · q(x_next | x_0)` (diffusers' legacy blend);
 //!   after the last step, by the clean latents.
+//!
+//! Both follow diffusers' `StableDiffusionInpaintPipeline` (whose 4-channel branch is this blend): the image's
+//! latents use `posterior_noise`, the masked image's `masked_posterior_noise`, the start `noise` (see
+//! [`super::noises`] for the order diffusers draws them in).
 
 use candle_core::{DType, Tensor};
 use umbra_nn::checkpoint::StableDiffusion;
 
 use super::img2img::{batch_image, start_step};
 use super::{
-    denoiser, encode_image, initial_noise, run_and_decode, validate, Generation, GenerationParams, PipelineError,
+    denoiser, encode_image_with, initial_noise, run_and_decode, validate, Generation, GenerationParams, PipelineError,
     Result,
 };
 use crate::solvers::StepEvent;
@@ -55,7 +59,8 @@ pub fn inpaint(
     let (mask_full, mask_small) = latent_mask(&mask.to_device(&dev)?, p.batch, sd.vae.downsample_factor())?;
     let (noise, seeds) = initial_noise(p, shape, &dev)?;
     let solver = p.solver.build(sched)?;
-    let image_latents = encode_image(&sd.vae, &image, p.seed)?;
+    let image_latents =
+        encode_image_with(&sd.vae, &image, p.vae_sample, p.posterior_noise.as_ref(), p.seed, "posterior_noise")?;
     let x = if start == 0 {
         noise.affine(solver.init_noise_sigma(p.steps)?, 0.0)?
     } else {
@@ -67,7 +72,14 @@ pub fn inpaint(
         // Masked image: the kept region, zero (grey) where it is repainted.
         let keep = (1.0 - &mask_full)?;
         let masked = image.broadcast_mul(&keep)?;
-        let masked_latents = encode_image(&sd.vae, &masked, p.seed)?;
+        let masked_latents = encode_image_with(
+            &sd.vae,
+            &masked,
+            p.vae_sample,
+            p.masked_posterior_noise.as_ref(),
+            p.seed,
+            "masked_posterior_noise",
+        )?;
         let extra = Tensor::cat(&[&mask_small, &masked_latents], 1)?;
         let d = denoiser(sd, p, sched.prediction_type, Some(extra))?;
         run_and_decode(sd, solver.as_ref(), d, x, start, p, seeds, None)

@@ -12,12 +12,14 @@ pub mod img2img;
 pub mod infotext;
 pub mod inpaint;
 pub mod load;
+pub mod noises;
 pub mod observe;
 pub mod png_text;
 pub mod txt2img;
 
 pub use img2img::img2img;
 pub use inpaint::inpaint;
+pub use noises::{InitNoises, VaeSample};
 pub use observe::{StepControl, StepInfo, StepObserver};
 pub use txt2img::txt2img;
 
@@ -75,6 +77,13 @@ pub struct GenerationParams {
     /// Unit-variance Gaussian noise `[batch, latent_channels, H/8, W/8]` to start from (before the
     /// solver's `init_noise_sigma` scaling); drawn from the seeds when `None`.
     pub init_noise: Option<Tensor>,
+    /// img2img/inpainting: the ε `[batch, latent_channels, H/8, W/8]` of the input image's posterior sample
+    /// z = μ + σ·ε; drawn from `seed` when `None` (see [`noises`] for diffusers' draw order).
+    pub posterior_noise: Option<Tensor>,
+    /// 9-channel inpainting: the ε of the masked image's posterior sample; drawn from `seed` when `None`.
+    pub masked_posterior_noise: Option<Tensor>,
+    /// How input images become latents: a posterior sample (default) or its mean.
+    pub vae_sample: VaeSample,
     pub progress: bool,
     /// Record every UNet call and every step's latents in [`Generation::trace`].
     pub trace: bool,
@@ -98,6 +107,9 @@ impl Default for GenerationParams {
             solver: SolverKind::Ddim,
             clip_skip: 0,
             init_noise: None,
+            posterior_noise: None,
+            masked_posterior_noise: None,
+            vae_sample: VaeSample::Sample,
             progress: false,
             trace: false,
             preview_every: 0,
@@ -244,9 +256,40 @@ pub fn decode_latents(vae: &AutoencoderKL, latents: &Tensor) -> Result<Tensor> {
 
 /// Diffusion-scale latents of images `[B, 3, H, W]` in [-1, 1]: a seeded sample of q(z|x) · scaling_factor.
 pub fn encode_image(vae: &AutoencoderKL, image: &Tensor, seed: u64) -> Result<Tensor> {
+    encode_image_with(vae, image, VaeSample::Sample, None, seed, "posterior_noise")
+}
+
+/// Diffusion-scale latents of images `[B, 3, H, W]` in [-1, 1]: (μ + σ·ε) · scaling_factor with ε = `noise`
+/// (`[B or 1, C, h, w]`, shape-checked, named `what` in errors) or drawn from `seed`, or μ · scaling_factor for
+/// [`VaeSample::Mode`].
+pub fn encode_image_with(
+    vae: &AutoencoderKL,
+    image: &Tensor,
+    mode: VaeSample,
+    noise: Option<&Tensor>,
+    seed: u64,
+    what: &str,
+) -> Result<Tensor> {
     let dt = vae.post_quant_conv.as_ref().map(|c| c.weight.dtype()).unwrap_or(DType::F32);
     let dist = vae.encode(&image.to_dtype(dt)?)?;
-    let z = dist.sample(seed)?;
+    let z = match (mode, noise) {
+        (VaeSample::Mode, _) => dist.mode(),
+        (VaeSample::Sample, None) => dist.sample(seed)?,
+        (VaeSample::Sample, Some(eps)) => {
+            let dims = dist.mean.dims();
+            // One ε for the whole batch (diffusers encodes a single input image once and repeats its latents).
+            let eps = if eps.dim(0)? == 1 && dims[0] > 1 { eps.repeat((dims[0], 1, 1, 1))? } else { eps.clone() };
+            if eps.dims() != dims {
+                return Err(PipelineError::Invalid(format!(
+                    "{what} has shape {:?}, but the image's latents are {:?} ([batch, latent_channels, H/8, W/8])",
+                    eps.dims(),
+                    dist.mean.dims()
+                )));
+            }
+            let eps = eps.to_device(dist.mean.device())?.to_dtype(dist.mean.dtype())?;
+            (&dist.mean + (&dist.std * eps)?)?
+        }
+    };
     Ok(vae.scale_latents(&z)?.to_dtype(DType::F32)?)
 }
 

@@ -490,8 +490,10 @@ fn run(model: &Arc<Model>, job: &Arc<Job>, spec: GenSpec) -> Result<JobResult, F
             }
         })
     };
+    // `<lora:NAME:W>` tags: fused for this job only (unfused below, whatever the outcome).
+    let (prompt, fused) = crate::lora::fuse_for_request(&lp.sd, &spec.prompt).map_err(Failure::Error)?;
     let p = GenerationParams {
-        prompt: spec.prompt.clone(),
+        prompt,
         negative_prompt: spec.negative_prompt.clone(),
         steps: spec.steps,
         guidance_scale: spec.guidance,
@@ -520,6 +522,7 @@ fn run(model: &Arc<Model>, job: &Arc<Job>, spec: GenSpec) -> Result<JobResult, F
             pipelines::inpaint(&lp.sd, &sched, &p, image, mask, *strength)
         }
     };
+    fused.unfuse().map_err(|e| Failure::Error(format!("restoring the model after the job's LoRA: {e}")))?;
     let g = match out {
         Ok(g) => g,
         Err(PipelineError::Cancelled) => return Err(Failure::Cancelled),

@@ -11,6 +11,7 @@ pub mod body;
 pub mod error;
 pub mod images;
 pub mod jobs;
+pub mod lora;
 pub mod native;
 pub mod openai;
 pub mod security;

@@ -12,6 +12,7 @@ pub mod diffusion_trainer;
 pub mod ema;
 pub mod init;
 pub mod ldm_trainer;
+pub mod lora_trainer;
 pub mod metrics;
 pub mod optim;
 pub mod pipeline_folder;

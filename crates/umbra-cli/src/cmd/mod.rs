@@ -10,6 +10,7 @@ pub mod data;
 pub mod diffusion;
 pub mod kl;
 pub mod ldm;
+pub mod lora;
 pub mod quickstart;
 pub mod recognizer;
 pub mod sd;
@@ -90,6 +91,8 @@ pub enum TrainCommand {
     Recognizer(recognizer::TrainArgs),
     /// Stage 2 of latent diffusion: text-to-image UNet + CLIP text encoder on an autoencoder's latents, written as a diffusers pipeline.
     Ldm(ldm::TrainArgs),
+    /// LoRA fine-tuning of a Stable Diffusion pipeline on captioned images; writes kohya and diffusers files.
+    Lora(lora::TrainArgs),
     /// Stage 1 of latent diffusion: SD's AutoencoderKL from scratch (reconstruction + β·KL), written as a diffusers vae/.
     Autoencoder(autoencoder::Args),
 }
@@ -123,6 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(TrainCommand::Classifier(a)) => diffusion::train_classifier(a),
         Command::Train(TrainCommand::Recognizer(a)) => recognizer::train(a),
         Command::Train(TrainCommand::Ldm(a)) => ldm::train(a),
+        Command::Train(TrainCommand::Lora(a)) => lora::train(a),
         Command::Train(TrainCommand::Autoencoder(a)) => autoencoder::train(a),
         Command::Eval(EvalCommand::Vae(a)) => vae::eval(a),
         Command::Eval(EvalCommand::Diffusion(a)) => diffusion::eval(a),

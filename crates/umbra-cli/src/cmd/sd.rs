@@ -187,6 +187,8 @@ pub struct CommonArgs {
     /// Hub downloads: access token for gated/private repos (default: $HF_TOKEN, then the HF token file).
     #[arg(long)]
     pub hf_token: Option<String>,
+    #[command(flatten)]
+    pub adapters: super::lora::AdapterArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -268,11 +270,14 @@ fn load(c: &CommonArgs) -> Result<(StableDiffusion, SchedulerConfig, SolverKind,
         eprintln!("using {} from {}", c.model, lp.path.display());
     }
     eprintln!("loaded {} in {:.1}s", lp.path.display(), t0.elapsed().as_secs_f64());
-    for w in load::prompt_warnings(&lp.sd, &[("--prompt", &c.prompt), ("--negative-prompt", &c.negative_prompt)])? {
+    let mut sd = lp.sd;
+    // Fused for the whole run (the process ends with it), so the FusedLoras is not kept for an unfuse.
+    let (prompt, _fused) = super::lora::apply(&mut sd, &c.adapters, &c.prompt)?;
+    for w in load::prompt_warnings(&sd, &[("--prompt", &prompt), ("--negative-prompt", &c.negative_prompt)])? {
         eprintln!("warning: {w}");
     }
     let solver = solver.unwrap_or(lp.default_solver);
-    Ok((lp.sd, lp.scheduler, solver, lp.name))
+    Ok((sd, lp.scheduler, solver, lp.name))
 }
 
 fn parse_vae_sample(s: &str) -> std::result::Result<VaeSample, String> {
@@ -333,7 +338,7 @@ fn params(
         }
     }
     let mut p = GenerationParams {
-        prompt: c.prompt.clone(),
+        prompt: super::lora::prompt_without_tags(&c.prompt)?,
         negative_prompt: c.negative_prompt.clone(),
         steps: c.steps,
         guidance_scale: c.guidance,

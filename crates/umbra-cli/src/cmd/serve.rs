@@ -41,6 +41,9 @@ pub struct Args {
     /// For single-file checkpoints: a diffusers folder of the same architecture (configs + tokenizer).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
+    /// Folder of LoRAs for `<lora:NAME:W>` prompt tags: DIR/NAME.safetensors is fused for that request only.
+    #[arg(long)]
+    pub lora_dir: Option<std::path::PathBuf>,
     /// Address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface, then set --api-key or --auth).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -121,6 +124,10 @@ pub fn run(a: Args) -> Result<()> {
             a.host
         );
     }
+    if let Some(d) = a.lora_dir.as_ref().filter(|d| !d.is_dir()) {
+        bail!("--lora-dir {}: not a folder", d.display());
+    }
+    umbra_serve::lora::set_lora_dir(a.lora_dir.clone());
     let mut models = Vec::new();
     for m in &a.model {
         let hub = umbra_nn::hub::HubOptions {

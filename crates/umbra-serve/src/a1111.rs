@@ -179,18 +179,17 @@ async fn run(
     if let Some(st) = strength {
         params.entry("denoising_strength").or_insert(json!(st));
     }
-    match s.status {
-        Status::Done => {}
-        Status::Cancelled => {
-            // Interrupted: A1111 answers 200 with what it has; umbra keeps no partial image.
-            let info = info_json(state, &job, &spec, &[], &[], strength, true);
-            return Ok(Json(json!({"images": [], "parameters": params, "info": info})));
-        }
+    let interrupted = match s.status {
+        Status::Done => false,
+        // Interrupted: A1111 answers 200 with the images decoded from the step it stopped at.
+        Status::Cancelled => true,
         _ => return Err(ApiError::internal(s.error.unwrap_or_else(|| "generation failed".into()))),
-    }
-    let res = s.result.expect("a done job has a result");
-    let imgs: Vec<String> = res.pngs.iter().map(|p| images::b64_encode(p)).collect();
-    let info = info_json(state, &job, &spec, &res.seeds, &res.infotexts, strength, false);
+    };
+    let (imgs, seeds, infotexts) = match &s.result {
+        Some(res) => (res.pngs.iter().map(|p| images::b64_encode(p)).collect(), &res.seeds[..], &res.infotexts[..]),
+        None => (Vec::new(), &[][..], &[][..]),
+    };
+    let info = info_json(state, &job, &spec, seeds, infotexts, strength, interrupted);
     Ok(Json(json!({"images": imgs, "parameters": params, "info": info})))
 }
 
@@ -283,7 +282,7 @@ pub async fn progress(State(state): State<SharedState>, Query(q): Query<Progress
         "eta_relative": eta,
         "state": {
             "skipped": false,
-            "interrupted": false,
+            "interrupted": job.as_ref().is_some_and(|j| j.stop_requested()),
             "stopping_generation": false,
             "job": id,
             "job_count": running + queued,
@@ -298,10 +297,11 @@ pub async fn progress(State(state): State<SharedState>, Query(q): Query<Progress
     }))
 }
 
-/// `POST /sdapi/v1/interrupt`: stop the running jobs after their current step.
+/// `POST /sdapi/v1/interrupt`: stop the running jobs after their current step; their requests are answered
+/// with the images decoded from that step's x̂_0, as A1111 does.
 pub async fn interrupt(State(state): State<SharedState>) -> Json<Value> {
     for j in state.queue.running() {
-        j.request_cancel();
+        j.request_interrupt();
     }
     Json(Value::Null)
 }

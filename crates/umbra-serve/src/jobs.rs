@@ -126,6 +126,9 @@ pub struct JobResult {
     /// A1111's infotext of each image.
     pub infotexts: Vec<String>,
     pub seconds: f64,
+    /// Interrupted (A1111's `/sdapi/v1/interrupt`): the images are x̂_0 decoded at step `partial_step` (of
+    /// the job's run steps), not the finished run.
+    pub partial_step: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +174,8 @@ pub struct Job {
     pub state: Mutex<JobState>,
     pub events: broadcast::Sender<JobEvent>,
     cancel: AtomicBool,
+    /// Stop like `cancel`, but keep the images decoded from the latest x̂_0 (A1111's interrupt).
+    keep_partial: AtomicBool,
 }
 
 impl Job {
@@ -193,6 +198,18 @@ impl Job {
 
     /// Ask a running job to stop after its current step.
     pub fn request_cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a cancel or an interrupt was asked for.
+    pub fn stop_requested(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// A1111's interrupt: stop after the current step and answer with the images decoded from that step's
+    /// x̂_0 (the job ends `cancelled`, its result marked `partial_step`).
+    pub fn request_interrupt(&self) {
+        self.keep_partial.store(true, Ordering::SeqCst);
         self.cancel.store(true, Ordering::SeqCst);
     }
 
@@ -316,6 +333,7 @@ impl Queue {
             }),
             events,
             cancel: AtomicBool::new(false),
+            keep_partial: AtomicBool::new(false),
         });
         st.queued.push_back(job.clone());
         st.all.insert(id, job.clone());
@@ -422,7 +440,7 @@ impl Queue {
                     std::panic::catch_unwind(AssertUnwindSafe(move || run(&model, &j, spec)))
                         .unwrap_or_else(|_| Err(Failure::Error("the generation panicked (a bug in umbra)".into())))
                 }
-                None => Err(Failure::Cancelled),
+                None => Err(Failure::Cancelled(None)),
             };
             let status = {
                 let mut s = job.state.lock().expect("job state");
@@ -431,7 +449,10 @@ impl Queue {
                         s.result = Some(r);
                         Status::Done
                     }
-                    Err(Failure::Cancelled) => Status::Cancelled,
+                    Err(Failure::Cancelled(partial)) => {
+                        s.result = partial;
+                        Status::Cancelled
+                    }
                     Err(Failure::Error(e)) => {
                         s.error = Some(e);
                         Status::Failed
@@ -448,7 +469,8 @@ impl Queue {
 }
 
 enum Failure {
-    Cancelled,
+    /// With the partial images of an interrupted job.
+    Cancelled(Option<JobResult>),
     Error(String),
 }
 
@@ -464,19 +486,31 @@ fn run(model: &Arc<Model>, job: &Arc<Job>, spec: GenSpec) -> Result<JobResult, F
     if let Some(s) = spec.spacing {
         sched.timestep_spacing = Some(s);
     }
+    // An interrupted job's images: x̂_0 of the step it stopped at, decoded (what A1111 answers).
+    let partial: Arc<Mutex<Option<(usize, Tensor)>>> = Arc::new(Mutex::new(None));
     let observer = {
         let job = job.clone();
         let model = model.clone();
+        let partial = partial.clone();
         let every = spec.preview_every;
         StepObserver::new(move |info| {
-            if job.cancel.load(Ordering::SeqCst) {
-                return StepControl::Cancel;
-            }
             let done = info.step + 1 - info.start_step;
+            let stop = || {
+                if job.keep_partial.load(Ordering::SeqCst) {
+                    if let Ok(im) = pipelines::decode_latents(&model.pipeline.sd.vae, info.x0_pred) {
+                        *partial.lock().expect("partial") = Some((done, im));
+                    }
+                }
+                StepControl::Cancel
+            };
+            if job.cancel.load(Ordering::SeqCst) {
+                return stop();
+            }
             let steps = info.num_steps - info.start_step;
             job.state.lock().expect("job state").done_steps = done;
             let _ = job.events.send(JobEvent::Progress { step: done, steps });
-            if every > 0 && (done.is_multiple_of(every) || done == steps) {
+            // No preview of the last step: the finished image follows at once.
+            if every > 0 && done.is_multiple_of(every) && done < steps {
                 if let Some(png) = preview_png(&model, info.x0_pred) {
                     let image = images::b64_encode(&png);
                     job.state.lock().expect("job state").preview = Some((done, png));
@@ -484,7 +518,7 @@ fn run(model: &Arc<Model>, job: &Arc<Job>, spec: GenSpec) -> Result<JobResult, F
                 }
             }
             if job.cancel.load(Ordering::SeqCst) {
-                StepControl::Cancel
+                stop()
             } else {
                 StepControl::Continue
             }
@@ -523,23 +557,36 @@ fn run(model: &Arc<Model>, job: &Arc<Job>, spec: GenSpec) -> Result<JobResult, F
         }
     };
     fused.unfuse().map_err(|e| Failure::Error(format!("restoring the model after the job's LoRA: {e}")))?;
+    let name = lp.name.as_str();
+    let result = |images: &Tensor, seeds: &[u64], partial_step: Option<usize>| -> Result<JobResult, Failure> {
+        let metas: Vec<ImageMeta> = seeds.iter().map(|&s| ImageMeta::of(&p, s, name, &extra)).collect();
+        let texts: Vec<Vec<(String, String)>> = metas.iter().map(|m| m.text_chunks()).collect();
+        let pngs = images::encode_pngs(images, &texts).map_err(|e| Failure::Error(e.message))?;
+        Ok(JobResult {
+            pngs,
+            seeds: seeds.to_vec(),
+            infotexts: metas.iter().map(|m| m.a1111_parameters()).collect(),
+            seconds: t0.elapsed().as_secs_f64(),
+            partial_step,
+        })
+    };
     let g = match out {
         Ok(g) => g,
-        Err(PipelineError::Cancelled) => return Err(Failure::Cancelled),
+        Err(PipelineError::Cancelled) => {
+            let Some((step, im)) = partial.lock().expect("partial").take() else {
+                return Err(Failure::Cancelled(None));
+            };
+            // The pipeline draws image i's noise from seed + i.
+            let seeds: Vec<u64> = (0..spec.batch as u64).map(|i| spec.seed.wrapping_add(i)).collect();
+            return Err(Failure::Cancelled(Some(result(&im, &seeds, Some(step))?)));
+        }
         Err(e) => return Err(Failure::Error(e.to_string())),
     };
-    if job.cancel.load(Ordering::SeqCst) {
-        return Err(Failure::Cancelled);
+    // Cancelled after the last step: nothing is kept; interrupted after it: the finished images.
+    if job.cancel.load(Ordering::SeqCst) && !job.keep_partial.load(Ordering::SeqCst) {
+        return Err(Failure::Cancelled(None));
     }
-    let metas: Vec<ImageMeta> = g.seeds.iter().map(|&s| ImageMeta::of(&p, s, lp.name.as_str(), &extra)).collect();
-    let texts: Vec<Vec<(String, String)>> = metas.iter().map(|m| m.text_chunks()).collect();
-    let pngs = images::encode_pngs(&g.images, &texts).map_err(|e| Failure::Error(e.message))?;
-    Ok(JobResult {
-        pngs,
-        seeds: g.seeds.clone(),
-        infotexts: metas.iter().map(|m| m.a1111_parameters()).collect(),
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    result(&g.images, &g.seeds, None)
 }
 
 /// The first image of x̂_0 latents as a PNG.

@@ -7,6 +7,7 @@
 //! and runs the library pipelines (`umbra_sample::pipelines`) that the CLI runs.
 
 pub mod a1111;
+pub mod bench;
 pub mod body;
 pub mod error;
 pub mod images;

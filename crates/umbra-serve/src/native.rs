@@ -149,6 +149,9 @@ pub fn job_json(state: &SharedState, job: &Job, with_images: bool) -> Value {
         v["seeds"] = json!(r.seeds);
         v["infotexts"] = json!(r.infotexts);
         v["seconds"] = json!(r.seconds);
+        if let Some(step) = r.partial_step {
+            v["partial_step"] = json!(step);
+        }
         if with_images {
             v["images"] = json!(r.pngs.iter().map(|p| images::b64_encode(p)).collect::<Vec<_>>());
         }

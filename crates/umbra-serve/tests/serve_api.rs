@@ -371,3 +371,170 @@ fn limits_and_body_size() {
     assert_eq!(r.status, 422);
     assert_eq!(get(a, "/no/such/route").status, 404);
 }
+
+#[test]
+fn a1111_interrupt_returns_the_image_of_the_step_it_stopped_at() {
+    let Some(srv) = server(cfg(), false) else { return };
+    let a = srv.addr;
+    let body = json!({"prompt": "a cat", "steps": 150, "width": 64, "height": 64, "seed": 3, "batch_size": 2});
+    let t = std::thread::spawn(move || post_json(a, "/sdapi/v1/txt2img", &body));
+    // current_image during the job: a base64 PNG of the x̂_0 preview at the request's size.
+    let (mut job, mut current) = (String::new(), None);
+    for _ in 0..1000 {
+        let p = get(a, "/sdapi/v1/progress").json();
+        if p["state"]["sampling_step"].as_u64().unwrap() >= 3 {
+            if let Some(img) = p["current_image"].as_str() {
+                job = p["state"]["job"].as_str().unwrap().to_string();
+                current = Some(image::load_from_memory(&unb64(img)).unwrap());
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let current = current.expect("no current_image after 3 steps");
+    assert_eq!((current.width(), current.height()), (64, 64));
+    assert_eq!(post_json(a, "/sdapi/v1/interrupt", &json!({})).status, 200);
+    let r = t.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let info: serde_json::Value = serde_json::from_str(v["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["interrupted"], true);
+    assert_eq!(info["all_seeds"], json!([3, 4]));
+    let images = v["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "A1111 answers an interrupt with the images so far");
+    // The step it stopped at (the native view of the same job), then the library's x̂_0 at that step.
+    let j = get(a, &format!("/v1/jobs/{job}")).json();
+    assert_eq!(j["status"], "cancelled");
+    let k = j["partial_step"].as_u64().expect("partial_step") as usize;
+    assert!((3..150).contains(&k), "stopped at step {k}");
+    let model = &srv.state.queue.models[0].pipeline;
+    let want = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let w = want.clone();
+    let vae = std::sync::Arc::new(model.sd.vae.clone());
+    let p = GenerationParams {
+        prompt: "a cat".into(),
+        steps: 150,
+        seed: 3,
+        batch: 2,
+        width: 64,
+        height: 64,
+        guidance_scale: 7.0,
+        solver: model.default_solver,
+        observer: Some(pipelines::StepObserver::new(move |info| {
+            if info.step + 1 - info.start_step == k {
+                *w.lock().unwrap() = Some(pipelines::decode_latents(&vae, info.x0_pred).unwrap());
+                return pipelines::StepControl::Cancel;
+            }
+            pipelines::StepControl::Continue
+        })),
+        ..Default::default()
+    };
+    assert!(matches!(pipelines::txt2img(&model.sd, &model.scheduler, &p), Err(pipelines::PipelineError::Cancelled)));
+    let want = pipelines::to_rgb8(want.lock().unwrap().as_ref().unwrap()).unwrap();
+    for (i, img) in images.iter().enumerate() {
+        let got = image::load_from_memory(&unb64(img.as_str().unwrap())).unwrap().to_rgb8().into_raw();
+        assert_eq!(got, want[i], "image {i} is not x̂_0 of step {k}");
+    }
+    // A cancel (native API, or a client that went away) keeps nothing.
+    let id = post_json(a, "/v1/jobs", &json!({"prompt": "x", "steps": 150, "width": 64, "height": 64})).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sse(a, &id, |ev, d| {
+        if ev == "progress" && d["step"] == 2 {
+            post_json(a, &format!("/v1/jobs/{id}/cancel"), &json!({}));
+        }
+        true
+    });
+    let j = get(a, &format!("/v1/jobs/{id}")).json();
+    assert_eq!((j["status"].clone(), j.get("images").is_none()), (json!("cancelled"), true), "{j}");
+}
+
+/// A pipeline folder as `umbra train ldm` writes it: a tiny LDM (seeded 2-level VAE, UNet and a jointly
+/// trained text encoder, the built-in tokenizer) after two training steps on coloured squares.
+fn trained_ldm_pipeline(dir: &std::path::Path) -> std::path::PathBuf {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+    use umbra_nn::autoencoder_kl::{AutoencoderKL, Config as VaeConfig};
+    use umbra_nn::unet::{Config as UNetConfig, PerBlock};
+    use umbra_train::ldm_trainer::{self, LdmConfig, LdmTrainer, TextEncoderMode};
+    let _ = std::fs::remove_dir_all(dir);
+    let cfg = VaeConfig::small(vec![32, 32], 4, 1, 32, false, 16);
+    let vm = VarMap::new();
+    let _ = AutoencoderKL::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg).unwrap();
+    umbra_train::init::seeded_init(&vm, 7).unwrap();
+    let vae = dir.join("vae");
+    let t = umbra_train::checkpoint::varmap_tensors(&vm).unwrap();
+    umbra_nn::save_pretrained::save_component(&vae, &cfg.to_diffusers_json(), &t).unwrap();
+    let mut px = vec![0f32; 4 * 3 * 16 * 16];
+    let mut caps = Vec::new();
+    for i in 0..4 {
+        let x0 = if i < 2 { 2 } else { 9 };
+        for y in 5..11 {
+            for x in x0..x0 + 5 {
+                px[((i * 3 + i % 3) * 16 + y) * 16 + x] = 1.0;
+            }
+        }
+        caps.push(format!("a {} square on the {}", ["red", "green", "blue"][i % 3], ["left", "right"][i / 2]));
+    }
+    let images = Tensor::from_vec(px, (4, 3, 16, 16), &Device::Cpu).unwrap();
+    let mut c = LdmConfig::new("test", 16, vae.to_str().unwrap(), 4, 8, 100, 3);
+    c.unet = UNetConfig {
+        block_out_channels: vec![32, 64],
+        attention_head_dim: Some(PerBlock::All(2)),
+        cross_attention_dim: PerBlock::All(32),
+        ..ldm_trainer::small_unet_config(4, 8, 32)
+    };
+    c.text_encoder = TextEncoderMode::Joint { config: ldm_trainer::small_text_config(32) };
+    c.batch_size = 4;
+    c.lr = 1e-3;
+    let mut t = LdmTrainer::new(c, &images, &caps, &Device::Cpu).unwrap();
+    t.step_on(&[0, 1, 2, 3]).unwrap();
+    t.step_on(&[0, 1, 2, 3]).unwrap();
+    t.write_pipeline(&dir.join("pipeline")).unwrap()
+}
+
+#[test]
+fn a_pipeline_written_by_umbra_train_ldm_serves_the_library_s_image() {
+    // Needs nothing from ../shared: the trainer builds every part itself.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-ldm-{}", std::process::id()));
+    let pipe = trained_ldm_pipeline(&dir);
+    let srv =
+        umbra_serve::start("127.0.0.1:0".parse().unwrap(), vec![load_model(&pipe, None)], cfg(), false).unwrap();
+    let a = srv.addr;
+    let models = get(a, "/sdapi/v1/sd-models").json();
+    assert_eq!(models[0]["model_name"], "pipeline");
+    let body = json!({"prompt": "a red square on the left", "steps": 3, "width": 16, "height": 16, "seed": 9,
+                      "cfg_scale": 3.0, "batch_size": 2});
+    let r = post_json(a, "/sdapi/v1/txt2img", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let info: serde_json::Value = serde_json::from_str(v["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["all_seeds"], json!([9, 10]));
+    // The library on the same folder, loaded as the CLI loads it: the same pixels.
+    let lp = load_model(&pipe, None).pipeline;
+    let p = GenerationParams {
+        prompt: "a red square on the left".into(),
+        steps: 3,
+        seed: 9,
+        batch: 2,
+        width: 16,
+        height: 16,
+        guidance_scale: 3.0,
+        solver: lp.default_solver,
+        ..Default::default()
+    };
+    let want = pipelines::to_rgb8(&pipelines::txt2img(&lp.sd, &lp.scheduler, &p).unwrap().images).unwrap();
+    for (i, img) in v["images"].as_array().unwrap().iter().enumerate() {
+        let got = image::load_from_memory(&unb64(img.as_str().unwrap())).unwrap();
+        assert_eq!((got.width(), got.height()), (16, 16));
+        assert_eq!(got.to_rgb8().into_raw(), want[i], "image {i} differs from the library's");
+    }
+    // Without a size: the model's native one (sample_size 8 × the VAE's factor 2).
+    let r = post_json(a, "/v1/images/generations", &json!({"prompt": "a blue square", "steps": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let img = image::load_from_memory(&unb64(r.json()["data"][0]["b64_json"].as_str().unwrap())).unwrap();
+    assert_eq!((img.width(), img.height()), (16, 16));
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
+}

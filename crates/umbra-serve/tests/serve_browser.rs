@@ -1,22 +1,22 @@
-//! The web UI in a real headless Chromium, driven over the DevTools protocol (a minimal WebSocket client,
-//! no crate): type a prompt, generate, watch the progress bar move and the image appear in the gallery,
+//! The web UI in a real headless Chromium, driven over the DevTools protocol (the minimal WebSocket client of
+//! `common::ws`, no crate): type a prompt, generate, watch the progress bar move and the image appear in the gallery,
 //! start a long job and cancel it, and save a screenshot under the test's output folder. Prints SKIPPED when
 //! no `chromium` is on PATH (Debian: `apt-get install chromium`).
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::ws::WebSocket;
 use common::*;
 use serde_json::{json, Value};
 use umbra_serve::ServeConfig;
 
 struct Cdp {
-    ws: TcpStream,
+    ws: WebSocket,
     next: u64,
 }
 
@@ -24,73 +24,15 @@ impl Cdp {
     fn connect(addr: std::net::SocketAddr, url: &str) -> Cdp {
         let rest = url.strip_prefix("ws://").unwrap();
         let (_, path) = rest.split_at(rest.find('/').unwrap());
-        let host = addr.to_string();
-        let mut ws = TcpStream::connect(addr).unwrap();
-        ws.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-        write!(ws, "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-        let mut r = BufReader::new(ws.try_clone().unwrap());
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.contains("101"), "websocket handshake: {line}");
-        loop {
-            let mut l = String::new();
-            r.read_line(&mut l).unwrap();
-            if l.trim().is_empty() {
-                break;
-            }
-        }
-        Cdp { ws, next: 1 }
-    }
-
-    fn send_frame(&mut self, payload: &[u8]) {
-        let mut f = vec![0x81u8];
-        let n = payload.len();
-        if n < 126 {
-            f.push(0x80 | n as u8);
-        } else if n < 65536 {
-            f.push(0x80 | 126);
-            f.extend((n as u16).to_be_bytes());
-        } else {
-            f.push(0x80 | 127);
-            f.extend((n as u64).to_be_bytes());
-        }
-        let mask: [u8; 4] = rand::random();
-        f.extend(mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.ws.write_all(&f).unwrap();
-    }
-
-    fn read_message(&mut self) -> Vec<u8> {
-        let mut msg = Vec::new();
-        loop {
-            let mut h = [0u8; 2];
-            self.ws.read_exact(&mut h).unwrap();
-            let mut n = (h[1] & 0x7f) as u64;
-            if n == 126 {
-                let mut b = [0u8; 2];
-                self.ws.read_exact(&mut b).unwrap();
-                n = u16::from_be_bytes(b) as u64;
-            } else if n == 127 {
-                let mut b = [0u8; 8];
-                self.ws.read_exact(&mut b).unwrap();
-                n = u64::from_be_bytes(b);
-            }
-            let mut p = vec![0u8; n as usize];
-            self.ws.read_exact(&mut p).unwrap();
-            msg.extend(p);
-            if h[0] & 0x80 != 0 {
-                return msg;
-            }
-        }
+        Cdp { ws: WebSocket::connect(addr, path), next: 1 }
     }
 
     fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next;
         self.next += 1;
-        self.send_frame(json!({"id": id, "method": method, "params": params}).to_string().as_bytes());
+        self.ws.send(json!({"id": id, "method": method, "params": params}).to_string().as_bytes());
         loop {
-            let v: Value = serde_json::from_slice(&self.read_message()).unwrap();
+            let v: Value = serde_json::from_slice(&self.ws.read_message()).unwrap();
             if v["id"] == id {
                 assert!(v.get("error").is_none(), "{method}: {v}");
                 return v["result"].clone();

@@ -12,6 +12,9 @@ pub enum Command {
     Unet(super::bench_sd::UnetArgs),
     /// Seconds per VAE decode and peak memory for an SD architecture with random weights.
     Vae(super::bench_sd::VaeArgs),
+    /// `umbra serve` in-process: requests/s and p50/p95 latency at 1, 8 and 32 clients, and the server's
+    /// overhead against the library's own generation time.
+    Serve(super::bench_serve::ServeArgs),
 }
 
 pub fn run(c: Command) -> anyhow::Result<()> {
@@ -20,5 +23,6 @@ pub fn run(c: Command) -> anyhow::Result<()> {
         Command::Ops(a) => super::bench_kernels::ops(a),
         Command::Unet(a) => super::bench_sd::unet(a),
         Command::Vae(a) => super::bench_sd::vae(a),
+        Command::Serve(a) => super::bench_serve::serve(a),
     }
 }

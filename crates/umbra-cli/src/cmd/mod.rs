@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 pub mod autoencoder;
 pub mod bench;
 pub mod bench_kernels;
+pub mod bench_serve;
 pub mod bench_sd;
 pub mod data;
 pub mod diffusion;

@@ -2,6 +2,8 @@
 //! HTTP/1.1 client over std's TcpStream (no client crate), with Server-Sent Events.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -320,7 +320,9 @@ pub enum RandomArch {
 pub fn random_pipeline(arch: RandomArch, seed: u64, dtype: DType, device: &Device) -> Result<LoadedPipeline> {
     let build = |e: candle_core::Error| BenchError::Build(e.to_string());
     let (ucfg, vcfg, ccfg, name) = match arch {
-        RandomArch::Sd15 => (unet::Config::sd15(), autoencoder_kl::Config::sd15(), clip::Config::sd_v1(), "random-sd15"),
+        RandomArch::Sd15 => {
+            (unet::Config::sd15(), autoencoder_kl::Config::sd15(), clip::Config::sd_v1(), "random-sd15")
+        }
     };
     let unet = UNet2DConditionModel::new(weights::random_varbuilder(seed, dtype, device), &ucfg).map_err(build)?;
     let vae = AutoencoderKL::new(weights::random_varbuilder(seed + 1, dtype, device), &vcfg).map_err(build)?;

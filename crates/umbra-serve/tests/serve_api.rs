@@ -499,8 +499,7 @@ fn a_pipeline_written_by_umbra_train_ldm_serves_the_library_s_image() {
     // Needs nothing from ../shared: the trainer builds every part itself.
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-ldm-{}", std::process::id()));
     let pipe = trained_ldm_pipeline(&dir);
-    let srv =
-        umbra_serve::start("127.0.0.1:0".parse().unwrap(), vec![load_model(&pipe, None)], cfg(), false).unwrap();
+    let srv = umbra_serve::start("127.0.0.1:0".parse().unwrap(), vec![load_model(&pipe, None)], cfg(), false).unwrap();
     let a = srv.addr;
     let models = get(a, "/sdapi/v1/sd-models").json();
     assert_eq!(models[0]["model_name"], "pipeline");

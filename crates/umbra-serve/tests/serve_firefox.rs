@@ -54,7 +54,10 @@ impl Bidi {
     /// Key events (WebDriver key values: "\u{E009}" Control, "\u{E007}" Enter).
     fn keys(&mut self, actions: Vec<Value>) {
         let ctx = self.context.clone();
-        self.call("input.performActions", json!({"context": ctx, "actions": [{"type": "key", "id": "kb", "actions": actions}]}));
+        self.call(
+            "input.performActions",
+            json!({"context": ctx, "actions": [{"type": "key", "id": "kb", "actions": actions}]}),
+        );
         self.call("input.releaseActions", json!({"context": ctx}));
     }
 }
@@ -125,7 +128,9 @@ fn the_web_ui_generates_shows_progress_and_cancels_in_firefox() {
     b.eval("document.querySelector('#prompt').focus(); true");
     let typing: Vec<Value> = "a photo of a cat"
         .chars()
-        .flat_map(|c| [json!({"type": "keyDown", "value": c.to_string()}), json!({"type": "keyUp", "value": c.to_string()})])
+        .flat_map(|c| {
+            [json!({"type": "keyDown", "value": c.to_string()}), json!({"type": "keyUp", "value": c.to_string()})]
+        })
         .collect();
     b.keys(typing);
     assert_eq!(b.eval("document.querySelector('#prompt').value"), json!("a photo of a cat"));

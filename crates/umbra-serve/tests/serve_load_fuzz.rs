@@ -93,7 +93,11 @@ fn fifty_clients_times_four_requests_are_all_answered_once() {
     trim();
     if let (Some(b), Some(u), Some(after)) = (baseline, untrimmed, rss_mib()) {
         eprintln!("RSS: warm baseline {b:.1} MiB, after the load {u:.1} MiB ({after:.1} MiB after malloc_trim)");
-        assert!(after - b < RSS_BOUND_MIB, "RSS grew by {:.1} MiB over the load (bound {RSS_BOUND_MIB} MiB)", after - b);
+        assert!(
+            after - b < RSS_BOUND_MIB,
+            "RSS grew by {:.1} MiB over the load (bound {RSS_BOUND_MIB} MiB)",
+            after - b
+        );
     } else {
         eprintln!("SKIPPED: the RSS check (no /proc/self/status)");
     }

@@ -111,7 +111,8 @@ fn load_model(a: &ServeArgs) -> Result<Model> {
         dtype: DType::F32,
         hub: Default::default(),
     };
-    let lp = load::load_pipeline(&src, &SchedulerOverrides::default()).with_context(|| format!("--model {}", a.model))?;
+    let lp =
+        load::load_pipeline(&src, &SchedulerOverrides::default()).with_context(|| format!("--model {}", a.model))?;
     Ok(Model::new(lp))
 }
 
@@ -207,7 +208,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     server.stop();
     if let Some(path) = &a.json {
         let report = BenchReport { model: name, work, levels, overhead };
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("--json {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("--json {}", path.display()))?;
         println!("report: {}", path.display());
     }
     Ok(())

@@ -54,6 +54,8 @@ pub struct LoraLayer {
     pub up: Tensor,
     /// kohya's / PEFT's alpha; `None`: alpha = rank (scale = multiplier).
     pub alpha: Option<f64>,
+    /// The file's key of `down`, for messages.
+    pub key: String,
 }
 
 impl LoraLayer {
@@ -199,7 +201,11 @@ impl LoraAdapter {
                 ),
                 None => self.metadata.as_ref().and_then(|m| peft_keys::metadata_alpha(m, component, &module)),
             };
-            matched.push((LoraLayer { component, module, down: raw.down.clone(), up: raw.up.clone(), alpha }, weight));
+            let key = raw.down_key.clone();
+            matched.push((
+                LoraLayer { component, module, down: raw.down.clone(), up: raw.up.clone(), alpha, key },
+                weight,
+            ));
         }
         Ok((matched, unmatched))
     }
@@ -375,7 +381,7 @@ impl FusedLoras {
                 match delta_weight(layer, *mult, weight.dims()) {
                     Ok(d) => computed.push((layer.component, weight.clone(), d)),
                     Err(e) => {
-                        let key = format!("{}.{}: {e}", layer.component.name(), layer.module);
+                        let key = format!("{} (layer {}.{}): {e}", layer.key, layer.component.name(), layer.module);
                         if layer.component == Component::TextEncoder {
                             bad_te.push(key)
                         } else {

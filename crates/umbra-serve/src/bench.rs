@@ -81,7 +81,7 @@ pub fn median(v: &[f64]) -> f64 {
     s.sort_by(f64::total_cmp);
     match s.len() {
         0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
+        n if !n.is_multiple_of(2) => s[n / 2],
         n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
     }
 }
@@ -277,8 +277,7 @@ pub fn overhead(
     };
     let library_run = || -> Result<f64> {
         let t = Instant::now();
-        let g = pipelines::txt2img(&lp.sd, &lp.scheduler, &params)?;
-        drop(g);
+        let _ = pipelines::txt2img(&lp.sd, &lp.scheduler, &params)?;
         Ok(t.elapsed().as_secs_f64())
     };
     if warmup {

@@ -122,7 +122,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         bail!("--clients: give one or more counts of at least 1, e.g. 1,8,32");
     }
     for (name, v) in [("--res", a.res), ("--overhead-res", a.overhead_res)] {
-        if v < 8 || v % 8 != 0 {
+        if v < 8 || !v.is_multiple_of(8) {
             bail!("{name} must be a positive multiple of 8 (got {v})");
         }
     }

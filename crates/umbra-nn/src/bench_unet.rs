@@ -177,7 +177,7 @@ pub fn init_like_pytorch(varmap: &VarMap, seed: u64) -> Result<()> {
                 ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
             })
             .collect();
-        var.set(&Tensor::from_vec(vals, var.shape(), &Device::Cpu)?.to_dtype(var.dtype())?)?;
+        var.set(&Tensor::from_vec(vals, var.shape(), &Device::Cpu)?.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
     Ok(())
 }

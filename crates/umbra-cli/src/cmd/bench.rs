@@ -12,6 +12,8 @@ pub enum Command {
     Unet(super::bench_sd::UnetArgs),
     /// Seconds per VAE decode and peak memory for an SD architecture with random weights.
     Vae(super::bench_sd::VaeArgs),
+    /// Denoising steps per second of the whole SD text-to-image pipeline with random weights.
+    Txt2img(super::bench_sd::Txt2ImgArgs),
     /// `umbra serve` in-process: requests/s and p50/p95 latency at 1, 8 and 32 clients, and the server's
     /// overhead against the library's own generation time.
     Serve(super::bench_serve::ServeArgs),
@@ -24,5 +26,6 @@ pub fn run(c: Command) -> anyhow::Result<()> {
         Command::Unet(a) => super::bench_sd::unet(a),
         Command::Vae(a) => super::bench_sd::vae(a),
         Command::Serve(a) => super::bench_serve::serve(a),
+        Command::Txt2img(a) => super::bench_sd::txt2img(a),
     }
 }

@@ -2,7 +2,7 @@
 //! shared/bench/torch_unet_step.py) and `umbra bench ops` (single-op timings), each for umbra's fast
 //! CPU kernels and for plain candle (the reference compositions) in the same run.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,11 +15,12 @@ use umbra_nn::bench_unet::{init_like_pytorch, param_count, BenchUNet, PARAM_COUN
 #[derive(clap::Args, Debug)]
 #[command(
     long_about = "Times one training step (forward + backward + AdamW, lr 1e-4, weight decay 0.01) of the small \
-DDPM-style U-Net of shared/bench/torch_unet_step.py (943,233 parameters, 32×32×1 images, MSE loss) on CPU, \
+DDPM-style U-Net of shared/bench/torch_unet_step.py (943,233 parameters, 32×32×1 images, MSE loss) on CPU (--cuda: on the first GPU), \
 and the images/s of no-grad forward passes at the same batch. Prints each iteration's time, the median \
 step time in ms and the peak resident memory (VmHWM). With --reference-kernels the same model is also \
 timed on the plain-candle reference path (UMBRA_KERNELS=reference does that for the whole run).",
-    after_help = "Example:\n  umbra bench train-step --iters 10 --warmup 3 --threads 2 --batch 64 --reference-kernels\n\
+    after_help = "Examples:\n  umbra bench train-step --iters 10 --warmup 3 --threads 2 --batch 64 --reference-kernels\n  \
+umbra bench train-step --cuda --iters 20 --batch 64   # on the first CUDA GPU (build with --features cuda)\n\
 Compare with PyTorch:  python3 shared/bench/torch_unet_step.py model 10"
 )]
 pub struct TrainStepArgs {
@@ -47,6 +48,9 @@ pub struct TrainStepArgs {
     /// Seed for the weights and the data.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Run on the first CUDA GPU (needs a build with --features cuda); the model uses candle's CUDA ops.
+    #[arg(long)]
+    pub cuda: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -110,10 +114,20 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn randn(rng: &mut StdRng, shape: &[usize]) -> Result<Tensor> {
+fn randn(rng: &mut StdRng, shape: &[usize], dev: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
-    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, shape, dev)?)
+}
+
+/// `--cuda`: the first CUDA GPU, else the CPU.
+fn device(cuda: bool) -> Result<Device> {
+    if cuda {
+        Device::new_cuda(0)
+            .context("--cuda: no CUDA device (build umbra with `--features cuda` on a machine with a GPU)")
+    } else {
+        Ok(Device::Cpu)
+    }
 }
 
 fn bar(len: usize, label: &str) -> ProgressBar {
@@ -136,20 +150,26 @@ fn say(pb: &ProgressBar, msg: String) {
 
 /// Times `warmup + iters` training steps with the given kernel mode; returns the timed step ms
 /// (wall clock) and the process CPU ms of each step.
-fn run_steps(a: &TrainStepArgs, mode: KernelMode, iters: usize, warmup: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+fn run_steps(
+    a: &TrainStepArgs,
+    dev: &Device,
+    mode: KernelMode,
+    iters: usize,
+    warmup: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     umbra_kernels::set_mode(mode);
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
     let model = BenchUNet::new(vb)?;
     init_like_pytorch(&varmap, a.seed)?;
     let n = param_count(&varmap);
     anyhow::ensure!(n == PARAM_COUNT, "bench U-Net has {n} parameters, expected {PARAM_COUNT}");
     let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-4, weight_decay: 0.01, ..Default::default() })?;
     let mut rng = StdRng::seed_from_u64(a.seed);
-    let x = randn(&mut rng, &[a.batch, 1, 32, 32])?;
-    let tgt = randn(&mut rng, &[a.batch, 1, 32, 32])?;
+    let x = randn(&mut rng, &[a.batch, 1, 32, 32], dev)?;
+    let tgt = randn(&mut rng, &[a.batch, 1, 32, 32], dev)?;
     let t: Vec<f32> = (0..a.batch).map(|_| rng.random_range(0..1000) as f32).collect();
-    let t = Tensor::from_vec(t, a.batch, &Device::Cpu)?;
+    let t = Tensor::from_vec(t, a.batch, dev)?;
     let label = format!("{mode:?}");
     println!("[{label}] params: {n}");
     let pb = bar(warmup + iters, &label);
@@ -198,15 +218,17 @@ fn run_steps(a: &TrainStepArgs, mode: KernelMode, iters: usize, warmup: usize) -
 pub fn train_step(a: TrainStepArgs) -> Result<()> {
     anyhow::ensure!(a.iters >= 1 && a.batch >= 1, "--iters and --batch must be at least 1");
     set_threads(a.threads)?;
+    let dev = device(a.cuda)?;
     let env_reference = umbra_kernels::mode() == KernelMode::Reference;
     println!(
-        "umbra bench train-step: batch {} threads {} (rayon {})",
+        "umbra bench train-step: batch {} threads {} (rayon {}) on {:?}",
         a.batch,
         a.threads,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        dev
     );
     let first = if env_reference { KernelMode::Reference } else { KernelMode::Fast };
-    let (times, cpu) = run_steps(&a, first, a.iters, a.warmup)?;
+    let (times, cpu) = run_steps(&a, &dev, first, a.iters, a.warmup)?;
     let m = median(&times);
     let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
     println!(
@@ -214,7 +236,7 @@ pub fn train_step(a: TrainStepArgs) -> Result<()> {
         median(&cpu)
     );
     if a.reference_kernels && !env_reference {
-        let (rt, _) = run_steps(&a, KernelMode::Reference, a.reference_iters.max(1), 1)?;
+        let (rt, _) = run_steps(&a, &dev, KernelMode::Reference, a.reference_iters.max(1), 1)?;
         let rm = median(&rt);
         println!("MODEL [Reference] median step ms: {rm:.1}; speed-up of umbra kernels: {:.2}x", rm / m);
         umbra_kernels::set_mode(KernelMode::Fast);

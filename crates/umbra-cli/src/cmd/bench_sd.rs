@@ -1,13 +1,20 @@
-//! Stable Diffusion benchmarks: `umbra bench unet` (seconds per UNet evaluation) and `umbra bench vae`
-//! (seconds per VAE decode), each with random weights built from the architecture's config (no download)
-//! and the process's peak resident memory.
+//! Stable Diffusion benchmarks: `umbra bench unet` (seconds per UNet evaluation), `umbra bench vae`
+//! (seconds per VAE decode) and `umbra bench txt2img` (denoising steps per second of the whole pipeline),
+//! each with random weights built from the architecture's config (no download) and the process's peak
+//! resident memory.
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use umbra_nn::autoencoder_kl::{self, AutoencoderKL};
+use umbra_nn::checkpoint::{vae_dtype, StableDiffusion};
+use umbra_nn::clip::{self, ClipTextModel};
+use umbra_nn::tokenizer::ClipTokenizer;
 use umbra_nn::unet::{weights, Config, UNet2DConditionModel};
+use umbra_sample::pipelines::{self, GenerationParams, StepControl, StepObserver};
+use umbra_sample::{SchedulerConfig, SolverKind};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -116,6 +123,43 @@ pub struct VaeArgs {
     /// Batch size.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+const TXT2IMG_HELP: &str = "Denoising steps per second of the whole text-to-image pipeline (CLIP text encoder, \
+UNet with classifier-free guidance, DDIM, VAE decode) on random weights built from the architecture's configs \
+(no checkpoint needed; the images are noise). The built-in CLIP tokenizer is used. As `umbra txt2img` does, the \
+VAE stays in f32 when its config says force_upcast. Each step waits for the device, so the per-step times are \
+real; it/s is (steps − 1) / (time from the end of step 1 to the end of the last step), leaving out the first \
+step's warm-up. Prints the total, the text-encode + first-step and decode time and the peak resident memory \
+(VmHWM; on CUDA, GPU memory is not in it: watch nvidia-smi, as scripts/gpu-check.sh does).
+
+Examples:
+  umbra bench txt2img --arch sd15 --res 512 --steps 20 --cuda --dtype f16
+  umbra bench txt2img --arch tiny --res 64 --steps 4 --threads 2";
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = TXT2IMG_HELP)]
+pub struct Txt2ImgArgs {
+    /// Architecture whose UNet, VAE and CLIP text-encoder configs are built.
+    #[arg(long, value_enum, default_value_t = Arch::Sd15)]
+    pub arch: Arch,
+    /// Image height and width in pixels; a multiple of 8.
+    #[arg(long, default_value_t = 512)]
+    pub res: usize,
+    /// Denoising steps (DDIM); at least 2.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Images per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Classifier-free guidance scale (> 1 runs the UNet on a doubled batch, as SD does).
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f64,
+    /// Also write the (noise) image(s) here as PNG, e.g. to check the decode path end to end.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -266,5 +310,105 @@ pub fn vae(a: VaeArgs) -> Result<()> {
         autoencoder_kl::seeded_randn(&[a.batch, cfg.latent_channels, h, h], a.run.seed + 1, &dev)?.to_dtype(dtype)?;
     let times = time_runs(a.steps, "vae decode", || Ok(model.decode(&z)?))?;
     report(&format!("VAE {:?} decode at {}x{}, batch {}", a.arch, a.res, a.res, a.batch), &times);
+    Ok(())
+}
+
+/// The CLIP text-encoder config of an architecture (tiny: the tiny-sd-v1 reference's text encoder).
+fn clip_config(arch: Arch) -> clip::Config {
+    match arch {
+        Arch::Sd15 => clip::Config::sd_v1(),
+        Arch::Sd21 => clip::Config::sd_v2(),
+        Arch::Tiny => clip::Config {
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            ..clip::Config::sd_v1()
+        },
+    }
+}
+
+/// `umbra bench txt2img`.
+pub fn txt2img(a: Txt2ImgArgs) -> Result<()> {
+    check_res(a.res, a.steps, a.batch)?;
+    anyhow::ensure!(a.steps >= 2, "--steps must be at least 2 (the first step is left out of it/s)");
+    let (dev, dtype) = a.run.setup()?;
+    let (ucfg, vcfg) = match a.arch {
+        Arch::Sd15 => (Config::sd15(), autoencoder_kl::Config::sd15()),
+        Arch::Sd21 => (Config::sd21(), autoencoder_kl::Config::sd21()),
+        Arch::Tiny => (Config::tiny(), autoencoder_kl::Config::tiny()),
+    };
+    let ccfg = clip_config(a.arch);
+    let vdtype = vae_dtype(&vcfg, dtype);
+    println!(
+        "txt2img {:?} {}x{}, batch {}, {} DDIM steps, guidance {}: UNet/CLIP {dtype:?}, VAE {vdtype:?}, on {:?}",
+        a.arch, a.res, a.res, a.batch, a.steps, a.guidance, dev
+    );
+    let t0 = Instant::now();
+    let pb = ProgressBar::new_spinner();
+    pb.set_message("filling random UNet, VAE and CLIP parameters");
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    let sd = StableDiffusion {
+        tokenizer: ClipTokenizer::builtin()?,
+        text_encoder: ClipTextModel::new(weights::random_varbuilder(a.run.seed + 10, dtype, &dev), &ccfg)?,
+        unet: UNet2DConditionModel::new(weights::random_varbuilder(a.run.seed, dtype, &dev), &ucfg)?,
+        vae: AutoencoderKL::new(weights::random_varbuilder(a.run.seed + 20, vdtype, &dev), &vcfg)?,
+        scheduler_config: None,
+        source: format!("random {:?} weights (seed {})", a.arch, a.run.seed),
+    };
+    pb.finish_and_clear();
+    println!("built in {:.1} s", t0.elapsed().as_secs_f64());
+    // Each step's end, after waiting for the device (a tiny reduction of x̂_0 forces the queue to drain).
+    let stamps: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let rec = stamps.clone();
+    let observer = StepObserver::new(move |info| {
+        let _ = info.x0_pred.sum_all().and_then(|t| t.to_dtype(DType::F32)?.to_scalar::<f32>());
+        rec.lock().expect("step stamps").push(Instant::now());
+        StepControl::Continue
+    });
+    let p = GenerationParams {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        steps: a.steps,
+        guidance_scale: a.guidance,
+        seed: a.run.seed,
+        batch: a.batch,
+        height: a.res,
+        width: a.res,
+        solver: SolverKind::Ddim,
+        progress: true,
+        observer: Some(observer),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let g = pipelines::txt2img(&sd, &SchedulerConfig::stable_diffusion(), &p)?;
+    let s = g.images.abs()?.mean_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let end = Instant::now();
+    let total = (end - start).as_secs_f64();
+    anyhow::ensure!(s.is_finite(), "the decoded images hold non-finite values");
+    let st = stamps.lock().expect("step stamps");
+    anyhow::ensure!(st.len() == a.steps, "the pipeline reported {} steps, expected {}", st.len(), a.steps);
+    let loop_s = (st[st.len() - 1] - st[0]).as_secs_f64();
+    let its = (a.steps - 1) as f64 / loop_s;
+    println!("text encode + step 1: {:.3} s", (st[0] - start).as_secs_f64());
+    println!(
+        "steps 2..{}: {loop_s:.3} s = {its:.2} it/s ({:.1} ms per step)",
+        a.steps,
+        loop_s * 1e3 / (a.steps - 1) as f64
+    );
+    println!("VAE decode: {:.3} s", (end - st[st.len() - 1]).as_secs_f64());
+    println!("total: {total:.3} s for {} image(s)", a.batch);
+    match peak_rss_mib() {
+        Some(p) => println!("peak RSS (VmHWM): {p:.0} MiB"),
+        None => println!("peak RSS: unavailable (no /proc/self/status)"),
+    }
+    if let Some(out) = &a.out {
+        for (i, rgb) in pipelines::to_rgb8(&g.images)?.into_iter().enumerate() {
+            let path = if a.batch > 1 { out.with_extension(format!("{i}.png")) } else { out.clone() };
+            let img = image::RgbImage::from_raw(a.res as u32, a.res as u32, rgb)
+                .context("the decoded image has the wrong size")?;
+            img.save(&path).with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+    }
     Ok(())
 }

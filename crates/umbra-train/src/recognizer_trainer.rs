@@ -241,6 +241,8 @@ impl Tally {
 /// How one image did on its prompt; `None` where the prompt does not ask.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PromptScore {
+    /// Objects the prompt names (1 or 2).
+    pub objects: usize,
     pub count: bool,
     /// Per named object (1 or 2): shape, colour, size (if named), place (if named).
     pub shape: [Option<bool>; 2],
@@ -262,7 +264,8 @@ pub struct PromptScore {
 /// is slot 0 for "left of"/"above", slot 1 otherwise), else by the assignment with the most matching
 /// colour–shape attributes; attributes are compared under that matching.
 pub fn score_one(r: &Recognized, t: &Target) -> PromptScore {
-    let mut s = PromptScore { count: r.objects.len() == t.objects.len(), ..Default::default() };
+    let mut s =
+        PromptScore { objects: t.objects.len(), count: r.objects.len() == t.objects.len(), ..Default::default() };
     let attr_matches = |ti: usize, ri: usize| -> usize {
         match (t.objects.get(ti), r.objects.get(ri)) {
             (Some(a), Some(b)) => (a.shape == b.shape) as usize + (a.colour == b.colour) as usize,
@@ -378,12 +381,15 @@ impl ScoreGroup {
     }
 }
 
-/// Scores of a batch of prompts: all, seen combinations, held-out combinations.
+/// Scores of a batch of prompts: all, seen combinations, held-out combinations, and one-object prompts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScoreReport {
     pub all: ScoreGroup,
     pub seen: ScoreGroup,
     pub held_out: ScoreGroup,
+    /// Prompts naming one object (seen and held-out): where shape and colour accuracy are read alone.
+    #[serde(default)]
+    pub single: ScoreGroup,
 }
 
 impl ScoreReport {
@@ -395,13 +401,18 @@ impl ScoreReport {
         } else {
             self.seen.add(s);
         }
+        if s.objects == 1 {
+            self.single.add(s);
+        }
     }
 
     /// Flat `(name, value)` terms for metrics logs: `whole_prompt`, `seen/binding`, `held_out/colour`, ...
     /// (only metrics with at least one scored prompt).
     pub fn terms(&self) -> Vec<(String, f64)> {
         let mut v = Vec::new();
-        for (prefix, g) in [("", &self.all), ("seen/", &self.seen), ("held_out/", &self.held_out)] {
+        for (prefix, g) in
+            [("", &self.all), ("seen/", &self.seen), ("held_out/", &self.held_out), ("single/", &self.single)]
+        {
             for (name, t) in g.tallies() {
                 if t.total > 0 {
                     v.push((format!("{prefix}{name}"), t.accuracy()));
@@ -420,10 +431,18 @@ impl ScoreReport {
                 format!("{:.1}% ({}/{})", 100.0 * t.accuracy(), t.correct, t.total)
             }
         };
-        let mut s = format!("{:<13} {:>20} {:>20} {:>20}\n", "metric", "all", "seen", "held-out");
-        let (a, b, c) = (self.all.tallies(), self.seen.tallies(), self.held_out.tallies());
+        let mut s =
+            format!("{:<13} {:>20} {:>20} {:>20} {:>20}\n", "metric", "all", "seen", "held-out", "one object");
+        let (a, b, c, d) = (self.all.tallies(), self.seen.tallies(), self.held_out.tallies(), self.single.tallies());
         for k in 0..a.len() {
-            s.push_str(&format!("{:<13} {:>20} {:>20} {:>20}\n", a[k].0, cell(a[k].1), cell(b[k].1), cell(c[k].1)));
+            s.push_str(&format!(
+                "{:<13} {:>20} {:>20} {:>20} {:>20}\n",
+                a[k].0,
+                cell(a[k].1),
+                cell(b[k].1),
+                cell(c[k].1),
+                cell(d[k].1)
+            ));
         }
         s
     }

@@ -125,6 +125,11 @@ fn a_short_run_reads_ground_truth_and_saves_loads_and_resumes_exactly() {
     assert!(r.all.count.accuracy() > 0.95, "{}", r.table());
     assert!(r.all.colour.accuracy() > 0.9 && r.all.shape.accuracy() > 0.8, "{}", r.table());
     assert!(r.held_out.whole.accuracy() > 0.3, "{}", r.table());
+    // One-object prompts are their own group: no binding or relation scored there, and the rest of the prompts
+    // name two objects (each of them scores one binding).
+    assert!(r.single.prompts > 0 && r.single.prompts < r.all.prompts, "{}", r.table());
+    assert_eq!(r.single.binding.total, 0);
+    assert_eq!(r.single.prompts + r.all.binding.total, r.all.prompts);
     // The saved checkpoint reads the images exactly as the trained model does.
     let loaded = TrainedRecognizer::load(&s.checkpoint, &dev).unwrap();
     let x = test.images.batch(&(0..50).collect::<Vec<_>>(), &dev).unwrap();

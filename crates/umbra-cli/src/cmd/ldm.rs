@@ -71,7 +71,8 @@ pub struct TrainArgs {
     /// Stop (and save) after this many minutes.
     #[arg(long)]
     pub max_minutes: Option<f64>,
-    /// Continue the run in --out from its checkpoint (its data, model and objective; --steps may raise the budget).
+    /// Continue the run in --out from its checkpoint (its data, model and objective; --steps may raise the budget;
+    /// --log-every, --checkpoint-every and --eval-every apply as given now).
     #[arg(long)]
     pub resume: bool,
     /// epsilon or v_prediction.
@@ -244,8 +245,12 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let images = ds.images.batch(&all, &dev)?;
     let t0 = std::time::Instant::now();
     let mut t = if a.resume {
-        let t = LdmTrainer::resume(&a.out, &images, &ds.captions, &dev, Some(a.steps))
+        let mut t = LdmTrainer::resume(&a.out, &images, &ds.captions, &dev, Some(a.steps))
             .with_context(|| format!("--resume: cannot continue the run in {}", a.out.display()))?;
+        // Cadences are the loop's, not the objective's: the ones given now apply (the trajectory is unchanged).
+        t.config.log_every = a.log_every;
+        t.config.checkpoint_every = a.checkpoint_every;
+        t.config.eval_every = a.eval_every;
         eprintln!("resuming {} at step {} of {}", a.out.display(), t.step, t.config.steps);
         t
     } else {

@@ -5,7 +5,7 @@
 //!            − Σ_{t=2}^T E_q[KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t))]   (denoising_matching)
 //! (Luo eq. 58). All terms are in nats per example (summed over dimensions); see [`bits_per_dim`].
 
-use super::forward::{posterior_mean, posterior_variance, q_sample};
+use super::forward::{posterior_mean, posterior_variance};
 use super::param::{target, Coef, Parameterization};
 use super::schedule::NoiseSchedule;
 use super::{DiffusionError, Result};
@@ -46,6 +46,15 @@ pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
 /// L_simple for any parameterization: MSE between the prediction and its target (Luo eq. 99, 130; v).
 pub fn simple_loss(pred: &Tensor, p: Parameterization, x0: &Tensor, eps: &Tensor, alpha_bar: &Coef) -> Result<Tensor> {
     mse(pred, &target(p, x0, eps, alpha_bar)?)
+}
+
+/// Denoising score matching with the paper's weighting λ(t) = 1 − ᾱ_t = σ_t² (Song & Ermon 2019 eq. 2;
+/// Luo eq. 154 with Tweedie's target ∇log q(x_t|x_0) = −ε/√(1 − ᾱ_t), eq. 151): the mean over all elements
+/// of (1 − ᾱ_t)(s_θ − (−ε/√(1 − ᾱ_t)))² = (√(1 − ᾱ_t) s_θ + ε)², i.e. exactly the ε loss of
+/// ε̂ = −√(1 − ᾱ_t) s_θ; unweighted it is the ε loss divided by 1 − ᾱ_t.
+pub fn score_matching_loss(score: &Tensor, eps: &Tensor, alpha_bar: &Coef) -> Result<Tensor> {
+    let sigma = alpha_bar.one_minus()?.sqrt()?;
+    Ok((sigma.mul(score)? + eps)?.sqr()?.mean_all()?)
 }
 
 /// ½ (SNR(t−1) − SNR(t)) ‖x̂_θ(x_t, t) − x_0‖² per example (Luo eq. 108); `snr_prev`, `snr_t` have shape [B].
@@ -156,24 +165,18 @@ impl VlbTerms {
 pub fn vlb_terms<R: Rng + ?Sized>(
     schedule: &NoiseSchedule,
     x0: &Tensor,
-    mut predict_x0: impl FnMut(&Tensor, usize) -> Result<Tensor>,
+    predict_x0: impl FnMut(&Tensor, usize) -> Result<Tensor>,
     rng: &mut R,
 ) -> Result<VlbTerms> {
-    let tn = schedule.num_steps();
-    let dims = x0.flatten_from(1)?.dim(1)?;
-    let mean = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?) };
-    let prior = mean(prior_matching(x0, schedule.alpha_bar(tn - 1))?)?;
-    let mut den = Vec::with_capacity(tn.saturating_sub(1));
-    for i in 1..tn {
-        let (ab, abp) = (schedule.alpha_bar(i), schedule.alpha_bar_prev(i));
-        let x_t = q_sample(x0, &randn_like(x0, rng)?, &Coef::Scalar(ab))?;
-        let x0_hat = predict_x0(&x_t, i)?;
-        den.push(mean(denoising_matching(x0, &x_t, &x0_hat, ab, abp)?)?);
-    }
-    let x1 = q_sample(x0, &randn_like(x0, rng)?, &Coef::Scalar(schedule.alpha_bar(0)))?;
-    let x0_hat = predict_x0(&x1, 0)?;
-    let rec = mean(reconstruction(x0, &x0_hat, schedule.betas()[0].sqrt())?)?;
-    Ok(VlbTerms { reconstruction: rec, prior_matching: prior, denoising_matching: den, dims })
+    let plan = super::vlb::VlbPlan::full(schedule.num_steps());
+    let s = super::vlb::vlb_sums(schedule, x0, &plan, super::vlb::Decoder::Discretized, predict_x0, rng, || {})?;
+    let b = s.examples.max(1) as f64;
+    Ok(VlbTerms {
+        reconstruction: s.reconstruction / b,
+        prior_matching: s.prior_matching / b,
+        denoising_matching: s.denoising.iter().map(|v| v / b).collect(),
+        dims: s.dims,
+    })
 }
 
 /// Map an ε/v/score prediction to the x̂_0 form that [`vlb_terms`] expects.

@@ -13,14 +13,19 @@
 //! (the data x_0 itself).
 
 pub mod forward;
+pub mod hutchinson;
 pub mod loss;
+pub mod ode;
 pub mod param;
 pub mod schedule;
+pub mod sde;
 pub mod vdm;
+pub mod vlb;
 
 pub use forward::{posterior_mean, posterior_variance, q_sample};
 pub use param::{Coef, Parameterization};
 pub use schedule::{BetaSchedule, ContinuousSchedule, NoiseSchedule};
+pub use sde::Sde;
 
 /// Errors of the diffusion math: invalid schedule parameters, unknown names, tensor failures.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,10 @@ pub enum BetaSchedule {
     SquaredCosCapV2,
     /// Explicit betas (diffusers' `trained_betas`).
     Trained(Vec<f64>),
+    /// NCSN's variance-exploding levels as a discrete schedule: geometric σ_i from σ_min (i = 0) to σ_max
+    /// (i = T − 1) (Song & Ermon 2019 §4.2), written in VP form ᾱ_i = 1/(1 + σ_i²), since x̃ = x_0 + σ_i z
+    /// scaled by √ᾱ_i is x_t = √ᾱ_i x_0 + √(1 − ᾱ_i) z; every VP solver then runs on a VE model.
+    Ve { sigma_min: f64, sigma_max: f64 },
 }
 
 /// A discrete noise schedule: β_i and ᾱ_i = ∏_{j≤i}(1 − β_j) for i = 0..T (index i is the paper's t = i+1).
@@ -71,6 +75,18 @@ impl NoiseSchedule {
                     )));
                 }
                 b.clone()
+            }
+            BetaSchedule::Ve { sigma_min, sigma_max } => {
+                if !(*sigma_min > 0.0 && sigma_max > sigma_min && sigma_max.is_finite()) {
+                    return Err(DiffusionError::Schedule(format!(
+                        "ve needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}"
+                    )));
+                }
+                let ab: Vec<f64> = super::sde::geometric_sigmas(*sigma_min, *sigma_max, t)
+                    .into_iter()
+                    .map(alpha_bar_of_sigma)
+                    .collect();
+                betas_of_alpha_bars(&ab)
             }
         };
         Self::from_betas(betas)
@@ -187,6 +203,19 @@ pub fn snr_of(alpha_bar: f64) -> f64 {
 /// σ = √((1 − ᾱ)/ᾱ) = 1/√SNR (Karras et al. 2022's noise level for the VP process).
 pub fn sigma_of(alpha_bar: f64) -> f64 {
     ((1.0 - alpha_bar) / alpha_bar).sqrt()
+}
+
+/// β_i = 1 − ᾱ_i/ᾱ_{i−1} with ᾱ_{−1} = 1, the inverse of ᾱ_i = ∏_{j≤i}(1 − β_j) (Luo eq. 61).
+pub fn betas_of_alpha_bars(alpha_bar: &[f64]) -> Vec<f64> {
+    let mut prev = 1.0;
+    alpha_bar
+        .iter()
+        .map(|&a| {
+            let b = 1.0 - a / prev;
+            prev = a;
+            b
+        })
+        .collect()
 }
 
 /// ᾱ = 1/(1 + σ²), the inverse of [`sigma_of`].

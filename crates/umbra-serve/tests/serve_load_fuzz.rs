@@ -39,7 +39,7 @@ fn load(a: std::net::SocketAddr, clients: usize, per: usize, seed0: usize) -> Ve
     let threads: Vec<_> = (0..clients)
         .map(|c| {
             std::thread::spawn(move || {
-                (0..4)
+                (0..per)
                     .map(|i| {
                         let seed = seed0 + c * 10 + i;
                         let body = json!({"prompt": format!("client {c} request {i}"), "steps": 1, "width": 16, "height": 16, "seed": seed});

@@ -348,7 +348,9 @@ impl ClipTokenizer {
     /// `add_tokens` does) and returns their ids; a token the vocabulary already has keeps its id.
     pub fn add_tokens(&mut self, tokens: &[String]) -> Result<Vec<u32>> {
         let new: Vec<AddedToken> = tokens.iter().map(|t| AddedToken::from(t.clone(), false)).collect();
-        self.inner.add_tokens(&new);
+        self.inner
+            .add_tokens(new.iter().cloned())
+            .map_err(|e| TokenizerError::Encode(format!("adding tokens {tokens:?}: {e}")))?;
         tokens
             .iter()
             .map(|t| self.inner.token_to_id(t).ok_or_else(|| TokenizerError::MissingToken(t.clone())))

@@ -431,8 +431,7 @@ impl ScoreReport {
                 format!("{:.1}% ({}/{})", 100.0 * t.accuracy(), t.correct, t.total)
             }
         };
-        let mut s =
-            format!("{:<13} {:>20} {:>20} {:>20} {:>20}\n", "metric", "all", "seen", "held-out", "one object");
+        let mut s = format!("{:<13} {:>20} {:>20} {:>20} {:>20}\n", "metric", "all", "seen", "held-out", "one object");
         let (a, b, c, d) = (self.all.tallies(), self.seen.tallies(), self.held_out.tallies(), self.single.tallies());
         for k in 0..a.len() {
             s.push_str(&format!(

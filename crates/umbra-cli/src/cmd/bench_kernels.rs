@@ -107,7 +107,7 @@ fn median(v: &[f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         f64::NAN
-    } else if v.len() % 2 == 1 {
+    } else if !v.len().is_multiple_of(2) {
         v[v.len() / 2]
     } else {
         (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
@@ -276,21 +276,21 @@ pub fn ops(a: OpsArgs) -> Result<()> {
     println!("umbra bench ops: threads {}", rayon::current_num_threads());
     let mut rng = StdRng::seed_from_u64(0);
     let n = a.iters.max(1);
-    let ma = randn(&mut rng, &[1024, 1024])?;
-    let mb = randn(&mut rng, &[1024, 1024])?;
+    let ma = randn(&mut rng, &[1024, 1024], &Device::Cpu)?;
+    let mb = randn(&mut rng, &[1024, 1024], &Device::Cpu)?;
     let (m, mn) = time_op(n, || ma.matmul(&mb).map(|_| ()))?;
     println!("OP matmul 1024^3 (candle gemm): median {m:.2} ms (min {mn:.2})");
 
-    let x = randn(&mut rng, &[64, 64, 32, 32])?;
-    let w = (randn(&mut rng, &[64, 64, 3, 3])? * 0.05)?;
+    let x = randn(&mut rng, &[64, 64, 32, 32], &Device::Cpu)?;
+    let w = (randn(&mut rng, &[64, 64, 3, 3], &Device::Cpu)? * 0.05)?;
     let xv = Var::from_tensor(&x)?;
     let wv = Var::from_tensor(&w)?;
     let gamma = Var::from_tensor(&Tensor::ones(64, DType::F32, &Device::Cpu)?)?;
     let beta = Var::from_tensor(&Tensor::zeros(64, DType::F32, &Device::Cpu)?)?;
-    let q = Var::from_tensor(&randn(&mut rng, &[64, 256, 128])?)?;
-    let k = Var::from_tensor(&randn(&mut rng, &[64, 256, 128])?)?;
-    let v = Var::from_tensor(&randn(&mut rng, &[64, 256, 128])?)?;
-    let small = Var::from_tensor(&randn(&mut rng, &[64, 128, 16, 16])?)?;
+    let q = Var::from_tensor(&randn(&mut rng, &[64, 256, 128], &Device::Cpu)?)?;
+    let k = Var::from_tensor(&randn(&mut rng, &[64, 256, 128], &Device::Cpu)?)?;
+    let v = Var::from_tensor(&randn(&mut rng, &[64, 256, 128], &Device::Cpu)?)?;
+    let small = Var::from_tensor(&randn(&mut rng, &[64, 128, 16, 16], &Device::Cpu)?)?;
     let scale = 1.0 / 128f64.sqrt();
 
     let modes: &[KernelMode] =

@@ -236,7 +236,7 @@ fn report(what: &str, times: &[f64]) {
 }
 
 fn check_res(res: usize, steps: usize, batch: usize) -> Result<()> {
-    anyhow::ensure!(res >= 8 && res % 8 == 0, "--res must be a positive multiple of 8 (got {res})");
+    anyhow::ensure!(res >= 8 && res.is_multiple_of(8), "--res must be a positive multiple of 8 (got {res})");
     anyhow::ensure!(steps >= 1, "--steps must be at least 1");
     anyhow::ensure!(batch >= 1, "--batch must be at least 1");
     Ok(())

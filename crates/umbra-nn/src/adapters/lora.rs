@@ -84,10 +84,6 @@ pub struct LoraAdapter {
     pub metadata: Option<serde_json::Value>,
 }
 
-fn shape_str(t: &Tensor) -> String {
-    format!("{:?}", t.dims())
-}
-
 fn list_keys(keys: &[String], max: usize) -> String {
     let mut s = keys.iter().take(max).cloned().collect::<Vec<_>>().join(", ");
     if keys.len() > max {

@@ -7,7 +7,7 @@
 //! UMBRA_LORA_DEMO_PIPELINE=runs/ldm-shapes/pipeline UMBRA_LORA_DEMO_RECOGNIZER=runs/recognizer \
 //!   cargo test --release -p umbra-train --test lora_demo -- --ignored --nocapture
 //! ```
-//! Without the variables it reads `/tmp/exp/PIPELINE_READY` (line 1: pipeline, line 2: recognizer).
+//! Without both variables it prints SKIPPED.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,12 +26,9 @@ use umbra_train::trainer::Trainer;
 const WORD: &str = "crimson";
 
 fn paths() -> Option<(PathBuf, PathBuf)> {
-    if let (Ok(p), Ok(r)) = (std::env::var("UMBRA_LORA_DEMO_PIPELINE"), std::env::var("UMBRA_LORA_DEMO_RECOGNIZER")) {
-        return Some((p.into(), r.into()));
-    }
-    let s = std::fs::read_to_string("/tmp/exp/PIPELINE_READY").ok()?;
-    let mut l = s.lines();
-    Some((l.next()?.trim().into(), l.next()?.trim().into()))
+    let p = std::env::var("UMBRA_LORA_DEMO_PIPELINE").ok()?;
+    let r = std::env::var("UMBRA_LORA_DEMO_RECOGNIZER").ok()?;
+    Some((p.into(), r.into()))
 }
 
 /// `n` single-object scenes of `colour` (seeded) and their captions, `colour`'s name replaced by `word`.

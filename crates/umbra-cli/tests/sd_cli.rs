@@ -88,7 +88,7 @@ fn txt2img_reproduces_output_png_and_writes_its_parameters() {
         assert_eq!(get("sampler"), "ddim");
         assert_eq!(get("guidance"), "7.5");
         assert!(get("seed").starts_with('0'));
-        assert!(get("parameters").contains("Steps: 4, Sampler: ddim, CFG scale: 7.5"));
+        assert!(get("parameters").contains("Steps: 4, Sampler: DDIM, CFG scale: 7.5"));
     }
     // A wrong-shaped --init-noise is an error that says what shape is needed.
     let (ok, _, err) = umbra(&[

@@ -101,3 +101,31 @@ pub fn grad_log_prob(x_t: &Tensor, log_prob: impl FnOnce(&Tensor) -> Result<Tens
         .cloned()
         .ok_or_else(|| SampleError::Invalid("log_prob does not depend on x_t: no gradient for guidance".into()))
 }
+
+/// The classifier-gradient closure of [`ClassifierGuidance`], boxed.
+pub type GradFn<'a> = Box<dyn Fn(&Tensor, &Timestep) -> Result<Tensor> + 'a>;
+
+/// The denoiser a sampler runs for a guidance setting, boxed so every combination has one type:
+/// `cond` alone (guidance 0), classifier-free guidance with weight `guidance` around `cond` and `uncond`
+/// (the w form, ε̃ = (1 + w) ε(x, c) − w ε(x)), then, if given, classifier guidance with
+/// (∇_x log p(y | x_t), scale) on top.
+pub fn guided_denoiser<'a>(
+    cond: Box<dyn Denoiser + 'a>,
+    uncond: Option<Box<dyn Denoiser + 'a>>,
+    guidance: f64,
+    classifier: Option<(GradFn<'a>, f64)>,
+) -> Result<Box<dyn Denoiser + 'a>> {
+    let base: Box<dyn Denoiser + 'a> = match (guidance != 0.0, uncond) {
+        (true, Some(u)) => Box::new(ClassifierFreeGuidance::with_weight(cond, u, guidance)),
+        (true, None) => {
+            return Err(SampleError::Invalid(
+                "classifier-free guidance needs an unconditional model (a class-conditional checkpoint)".into(),
+            ))
+        }
+        (false, _) => cond,
+    };
+    Ok(match classifier {
+        None => base,
+        Some((grad_log_prob, scale)) => Box::new(ClassifierGuidance { model: base, grad_log_prob, scale }),
+    })
+}

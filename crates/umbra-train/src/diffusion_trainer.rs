@@ -27,17 +27,22 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use umbra_core::diffusion::forward::q_sample;
 use umbra_core::diffusion::loss::{
-    randn_like, simple_loss, snr, snr_weighted_x0_loss, snr_x0_weights, vdm_diffusion_loss,
+    randn_like, reconstruction, score_matching_loss, simple_loss, snr, snr_weighted_x0_loss, snr_x0_weights,
+    sum_sq_per_example, vdm_diffusion_loss,
 };
 use umbra_core::diffusion::param::{to_epsilon, to_x0};
 use umbra_core::diffusion::vdm::{betas_from_alpha_bars, sigmoid, MonotoneGamma};
-use umbra_core::diffusion::{Coef, NoiseSchedule, Parameterization};
+use umbra_core::diffusion::vlb::{vlb_sums, Decoder, VlbPlan, VlbReport};
+use umbra_core::diffusion::Sde;
+use umbra_core::diffusion::{BetaSchedule, Coef, NoiseSchedule, Parameterization};
 use umbra_data::rng::derive_seed;
 use umbra_data::{DataKind, Dataset};
 use umbra_nn::toy_mlp::{ToyMlp, ToyMlpConfig};
 use umbra_nn::unet::{Config as UNetConfig, UNet2DConditionModel};
 use umbra_sample::scheduler_config::BetaScheduleName;
+use umbra_sample::solvers::pf_ode::{ode_log_likelihood, LikelihoodOptions};
 use umbra_sample::{Denoiser, SchedulerConfig, Timestep, TimestepSpacing};
 
 /// Checkpoint kind tag.
@@ -53,7 +58,9 @@ pub enum NetConfig {
     UNet(Box<UNetConfig>),
 }
 
-/// The noise schedule by CLI name: `linear` (1e-4..0.02), `scaled-linear` (SD: 0.00085..0.012), `cosine`.
+/// The noise schedule by CLI name: `linear` (1e-4..0.02), `scaled-linear` (SD: 0.00085..0.012), `cosine`,
+/// or `ve:σ_min:σ_max`, NCSN's geometric variance-exploding levels ([`ve_spec`]), written as
+/// `trained_betas` with ᾱ_i = 1/(1 + σ_i²) so that every solver runs on them.
 /// `clip`: clamp x̂_0 to ±range in DDPM/DDIM/Langevin (1 for images in [−1, 1]; the data's extent for toys).
 pub fn scheduler_config(
     schedule: &str,
@@ -71,7 +78,17 @@ pub fn scheduler_config(
             c.beta_end = 0.012;
         }
         "cosine" | "squaredcos-cap-v2" => c.beta_schedule = BetaScheduleName::SquaredcosCapV2,
-        o => return Err(TrainError::Invalid(format!("unknown schedule `{o}`; valid: linear, cosine, scaled-linear"))),
+        o if o.starts_with("ve") => {
+            let (smin, smax) = parse_ve(o)?;
+            let ns = NoiseSchedule::new(&BetaSchedule::Ve { sigma_min: smin, sigma_max: smax }, timesteps)
+                .map_err(|e| TrainError::Invalid(format!("--schedule {o}: {e}")))?;
+            c.trained_betas = Some(ns.betas().to_vec());
+        }
+        o => {
+            return Err(TrainError::Invalid(format!(
+                "unknown schedule `{o}`; valid: linear, cosine, scaled-linear, ve (NCSN: ve:SIGMA_MIN:SIGMA_MAX)"
+            )))
+        }
     }
     // Small models: start every solver at the last training step ("trailing", Lin et al. 2023).
     c.timestep_spacing = Some(TimestepSpacing::Trailing);
@@ -79,6 +96,31 @@ pub fn scheduler_config(
     c.clip_sample_range = clip.unwrap_or(1.0);
     c.use_clipped_model_output = clip.is_some();
     Ok(c)
+}
+
+/// `ve:σ_min:σ_max`, the schedule string of an NCSN run (Song & Ermon 2019): σ_max from the data by
+/// [`umbra_core::diffusion::sde::sigma_max_from_data`] (Song & Ermon 2020, Technique 1).
+pub fn ve_spec(sigma_min: f64, sigma_max: f64) -> String {
+    format!("ve:{sigma_min}:{sigma_max}")
+}
+
+/// (σ_min, σ_max) of a `ve:σ_min:σ_max` schedule string.
+pub fn parse_ve(spec: &str) -> Result<(f64, f64), TrainError> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let bad = || {
+        TrainError::Invalid(format!(
+            "--schedule `{spec}`: a VE schedule is ve:SIGMA_MIN:SIGMA_MAX (e.g. ve:0.01:5); the CLI fills these in for `ve`"
+        ))
+    };
+    if parts.len() != 3 || parts[0] != "ve" {
+        return Err(bad());
+    }
+    let smin: f64 = parts[1].parse().map_err(|_| bad())?;
+    let smax: f64 = parts[2].parse().map_err(|_| bad())?;
+    if !(smin > 0.0 && smax > smin && smax.is_finite()) {
+        return Err(TrainError::Invalid(format!("--schedule {spec}: needs 0 < sigma_min < sigma_max")));
+    }
+    Ok((smin, smax))
 }
 
 /// How the discrete-time loss weighs the time steps.
@@ -176,7 +218,7 @@ pub struct DiffusionConfig {
     pub channels: usize,
     pub net: NetConfig,
     pub param: Parameterization,
-    /// `linear`, `cosine` or `scaled-linear`.
+    /// `linear`, `cosine`, `scaled-linear` or `ve:σ_min:σ_max` (NCSN).
     pub schedule: String,
     pub timesteps: usize,
     /// Clamp x̂_0 to ±clip_range while sampling (images: 1; toy data: about its extent; None: never).
@@ -239,9 +281,6 @@ impl DiffusionConfig {
         }
         if !(0.0..1.0).contains(&self.cond_drop) {
             return Err(TrainError::Invalid(format!("--cond-drop must be in [0, 1), got {}", self.cond_drop)));
-        }
-        if self.param == Parameterization::Score {
-            return Err(TrainError::Invalid("train with --param eps, x0 or v (score = −ε/σ is derived from ε)".into()));
         }
         self.scheduler_config()?;
         if let Some(v) = &self.vdm {
@@ -566,6 +605,8 @@ impl DiffusionTrainer {
         let e = |e: umbra_core::diffusion::DiffusionError| TrainError::Invalid(e.to_string());
         let p = self.config.param;
         match self.config.loss_weight {
+            // Denoising score matching weighted by λ(t) = 1 − ᾱ_t (σ² for VE levels): the ε loss in score form.
+            LossWeight::Simple if p == Parameterization::Score => score_matching_loss(pred, eps, alpha_bar).map_err(e),
             LossWeight::Simple => simple_loss(pred, p, x0, eps, alpha_bar).map_err(e),
             LossWeight::Snr => {
                 let x0_hat = to_x0(pred, p, x_t, alpha_bar).map_err(e)?;
@@ -819,4 +860,208 @@ impl Denoiser for NetDenoiser<'_> {
     fn parameterization(&self) -> Parameterization {
         self.p
     }
+}
+
+/// A [`Net`] seen through [`Denoiser`] *without* detaching its output, for quantities that differentiate
+/// the model with respect to its input (the probability-flow ODE's divergence, Hutchinson's estimator).
+pub struct GradNetDenoiser<'a> {
+    pub net: &'a Net,
+    pub labels: Option<Tensor>,
+    pub p: Parameterization,
+}
+
+impl Denoiser for GradNetDenoiser<'_> {
+    fn predict(&self, x_t: &Tensor, t: &Timestep) -> umbra_sample::Result<Tensor> {
+        let b = x_t.dim(0)?;
+        let tt = Tensor::from_vec(vec![t.t as f32; b], b, x_t.device())?;
+        Ok(self.net.forward(x_t, &tt, self.labels.as_ref())?)
+    }
+    fn parameterization(&self) -> Parameterization {
+        self.p
+    }
+}
+
+impl LoadedDiffusion {
+    /// The model as a differentiable [`Denoiser`] ([`GradNetDenoiser`]).
+    pub fn grad_denoiser(&self, labels: Option<Tensor>) -> GradNetDenoiser<'_> {
+        GradNetDenoiser { net: &self.net, labels, p: self.config.param }
+    }
+}
+
+/// Monte Carlo estimate of every term of the bound (Luo eq. 58) on the first `n` examples of `data`
+/// (images in [−1, 1]; 2-D points with the continuous Gaussian decoder), in chunks of 50, one noise
+/// draw per term and example: the dense-then-strided plan of `stride` ([`VlbPlan::strided_random`],
+/// offset drawn from `seed`), through [`vlb_sums`]. Class-conditional models get each example's label.
+pub fn evaluate_vlb(
+    m: &LoadedDiffusion,
+    data: &Dataset,
+    n: usize,
+    stride: usize,
+    seed: u64,
+    progress: bool,
+) -> Result<VlbReport, TrainError> {
+    let e = |e: umbra_core::diffusion::DiffusionError| TrainError::Invalid(e.to_string());
+    let sch = &m.schedule;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let plan = VlbPlan::strided_random(sch.num_steps(), stride, &mut rng);
+    let n = n.min(data.len());
+    let idx: Vec<usize> = (0..n).collect();
+    let chunk = 50;
+    let pb = if progress {
+        crate::progress::bar(((plan.ts.len() + 1) * n.div_ceil(chunk)) as u64, "bound")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let decoder = if m.config.image_size.is_some() { Decoder::Discretized } else { Decoder::Gaussian };
+    let mut sums = Vec::new();
+    for c in idx.chunks(chunk) {
+        let (x0, y) = data_batch(data, c, &m.config, &m.device)?;
+        let den_model = m.denoiser(m.config.null_class().map(|_| y));
+        let x0_hat = |x_t: &Tensor, i: usize| -> umbra_core::diffusion::Result<Tensor> {
+            let ab = sch.alpha_bar(i);
+            let pred = den_model
+                .predict(x_t, &Timestep { t: i as f64, alpha_bar: ab })
+                .map_err(|e| umbra_core::diffusion::DiffusionError::Invalid(e.to_string()))?;
+            to_x0(&pred, m.config.param, x_t, &Coef::Scalar(ab))
+        };
+        sums.push(vlb_sums(sch, &x0, &plan, decoder, x0_hat, &mut rng, || pb.inc(1)).map_err(e)?);
+    }
+    pb.finish_and_clear();
+    Ok(VlbReport::from_sums(&plan, &sums))
+}
+
+/// The probability-flow ODE likelihood of a dataset, next to the bound.
+#[derive(Clone, Debug)]
+pub struct OdeLikelihoodReport {
+    /// Mean over examples of −log p in nats (per example, all dimensions; for images the dequantised
+    /// discrete bound −log p(x + u) − D log(2/255), as [`umbra_sample::solvers::pf_ode::dequantized_bits_per_dim`]), and its standard error
+    /// over examples (which includes the Hutchinson probes' variance).
+    pub nll_nats: f64,
+    pub nll_nats_se: f64,
+    /// Mean Hutchinson standard error of one example's log p (the estimator's own spread).
+    pub probe_se_nats: f64,
+    /// `nll_nats`/(D ln 2).
+    pub bits_per_dim: f64,
+    pub bits_per_dim_se: f64,
+    /// Mean evaluations of the ODE's right-hand side per batch.
+    pub nfe: f64,
+    pub examples: usize,
+    pub dims: usize,
+    /// Images: the bound with the ODE as the prior of x_1 and the model's own discretised decoder for the
+    /// last step, E_q[−log p_θ(x_0|x_1) − log p_ODE(x_1) + log q(x_1|x_0)] in nats, its standard error, and
+    /// in bits/dim. The variational bound is this with the chain's bound on −log p(x_1) in place of the
+    /// ODE's exact one, so the two compare term for term.
+    pub hybrid: Option<(f64, f64)>,
+}
+
+impl OdeLikelihoodReport {
+    /// The hybrid bound in bits/dim and its standard error.
+    pub fn hybrid_bits_per_dim(&self) -> Option<(f64, f64)> {
+        let ln2d = self.dims as f64 * std::f64::consts::LN_2;
+        self.hybrid.map(|(m, se)| (m / ln2d, se / ln2d))
+    }
+}
+
+/// log p of the first `n` examples under the model's probability-flow ODE (Song et al. 2021 eq. 39–40):
+/// [`ode_log_likelihood`] on the VP SDE through the model's schedule, in chunks of `chunk`. Images are
+/// dequantised first, x + u·2/255 with u ~ U(−½, ½) seeded from `opts.seed` (Theis et al. 2016).
+pub fn evaluate_ode_likelihood(
+    m: &LoadedDiffusion,
+    data: &Dataset,
+    n: usize,
+    chunk: usize,
+    opts: &LikelihoodOptions,
+    progress: bool,
+) -> Result<OdeLikelihoodReport, TrainError> {
+    let n = n.min(data.len());
+    if n == 0 {
+        return Err(TrainError::Invalid("the likelihood needs at least one example (--n-images)".into()));
+    }
+    let sde = Sde::vp_discrete(&m.schedule);
+    let idx: Vec<usize> = (0..n).collect();
+    let chunk = chunk.max(1);
+    let pb = if progress {
+        crate::progress::bar(n.div_ceil(chunk) as u64, "ode nll")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let images = m.config.image_size.is_some();
+    let mut rng = StdRng::seed_from_u64(derive_seed(&[opts.seed, 0xDE0]));
+    let (mut nll, mut probe_se, mut nfe, mut dims) = (Vec::new(), Vec::new(), 0usize, 0usize);
+    let mut hybrid = Vec::new();
+    for (k, c) in idx.chunks(chunk).enumerate() {
+        let (mut x0, y) = data_batch(data, c, &m.config, &m.device)?;
+        let clean = x0.clone();
+        if images {
+            let u: Vec<f32> = (0..x0.elem_count()).map(|_| rng.random::<f32>() - 0.5).collect();
+            let u = Tensor::from_vec(u, x0.shape(), &m.device)?;
+            x0 = (x0 + u.affine(2.0 / 255.0, 0.0)?)?;
+        }
+        let den = m.grad_denoiser(m.config.null_class().map(|_| y));
+        let o = LikelihoodOptions { seed: derive_seed(&[opts.seed, k as u64]), ..opts.clone() };
+        let b = c.len();
+        // Images: one solve for the dequantised points x + u and for x_1 ~ q(x_1|x_0) of the hybrid bound.
+        let hybrid_part = if images { Some(hybrid_x1(&den, &m.schedule, &clean, &mut rng)?) } else { None };
+        let batch = match &hybrid_part {
+            Some((x1, _)) => Tensor::cat(&[&x0, x1], 0)?,
+            None => x0.clone(),
+        };
+        let r = ode_log_likelihood(&den, &sde, &batch, &o).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        // Images: the discrete NLL bound −log p(x + u) − D log(2/255) (Theis et al. 2016).
+        let offset = if images { -(r.dims as f64) * (2.0f64 / 255.0).ln() } else { 0.0 };
+        let per = r.per_example();
+        for &(mean, se) in &per[..b] {
+            nll.push(-mean + offset);
+            probe_se.push(se);
+        }
+        if let Some((_, rest)) = &hybrid_part {
+            for (j, &(mean, _)) in per[b..].iter().enumerate() {
+                hybrid.push(rest[j] - mean);
+            }
+        }
+        nfe += r.stats.nfe;
+        dims = r.dims;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let (m_nll, se_nll) = umbra_core::diffusion::hutchinson::mean_and_standard_error(&nll);
+    let ln2d = dims as f64 * std::f64::consts::LN_2;
+    let bpd = m_nll / ln2d;
+    let finite: Vec<f64> = probe_se.iter().cloned().filter(|v| v.is_finite()).collect();
+    Ok(OdeLikelihoodReport {
+        nll_nats: m_nll,
+        nll_nats_se: se_nll,
+        probe_se_nats: finite.iter().sum::<f64>() / finite.len().max(1) as f64,
+        bits_per_dim: bpd,
+        bits_per_dim_se: se_nll / ln2d,
+        nfe: nfe as f64 / n.div_ceil(chunk) as f64,
+        examples: n,
+        dims,
+        hybrid: (!hybrid.is_empty()).then(|| umbra_core::diffusion::hutchinson::mean_and_standard_error(&hybrid)),
+    })
+}
+
+/// For the hybrid bound: x_1 = √ᾱ_1 x_0 + √(1 − ᾱ_1) ε (Luo eq. 61 at the first step) and, per example,
+/// −log p_θ(x_0|x_1) + log q(x_1|x_0) (the discretised decoder of Ho et al. 2020, and log N(x_1; √ᾱ_1 x_0,
+/// (1 − ᾱ_1) I) = −½‖ε‖² − (D/2) log 2π(1 − ᾱ_1)); the caller subtracts the ODE's log p(x_1).
+fn hybrid_x1(
+    den: &dyn Denoiser,
+    schedule: &NoiseSchedule,
+    x0: &Tensor,
+    rng: &mut StdRng,
+) -> Result<(Tensor, Vec<f64>), TrainError> {
+    let e = |e: umbra_core::diffusion::DiffusionError| TrainError::Invalid(e.to_string());
+    let ab = schedule.alpha_bar(0);
+    let eps = randn_like(x0, rng).map_err(e)?;
+    let x1 = q_sample(x0, &eps, &Coef::Scalar(ab)).map_err(e)?;
+    let ts = Timestep { t: 0.0, alpha_bar: ab };
+    let mean0 =
+        den.predict_as(&x1, &ts, Parameterization::X0).map_err(|e| TrainError::Invalid(e.to_string()))?.detach();
+    let rec =
+        reconstruction(x0, &mean0, schedule.betas()[0].sqrt()).map_err(e)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let d = x0.flatten_from(1)?.dim(1)? as f64;
+    let log_norm = 0.5 * d * (2.0 * std::f64::consts::PI * (1.0 - ab)).ln();
+    let sq = sum_sq_per_example(&eps).map_err(e)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let rest = rec.iter().zip(&sq).map(|(r, q)| -r - 0.5 * q - log_norm).collect();
+    Ok((x1.detach(), rest))
 }

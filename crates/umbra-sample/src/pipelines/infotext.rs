@@ -57,13 +57,22 @@ impl ImageMeta {
     }
 
     /// A1111's infotext: `prompt\nNegative prompt: …\nSteps: N, Sampler: S, CFG scale: s, Seed: n, Size: WxH, Model: m`.
+    /// The sampler as A1111 names it in infotext ("DPM++ 2M Karras"), so that A1111's "PNG Info" and other
+    /// readers of `parameters` recognise it; umbra's own name when it is not one umbra knows.
+    pub fn a1111_sampler(&self) -> &str {
+        match self.sampler.parse::<crate::solvers::SolverKind>() {
+            Ok(k) => super::load::a1111_name(k),
+            Err(_) => &self.sampler,
+        }
+    }
+
     pub fn a1111_parameters(&self) -> String {
         let mut s = format!(
             "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
             self.prompt,
             self.negative_prompt,
             self.steps,
-            self.sampler,
+            self.a1111_sampler(),
             self.guidance,
             self.seed,
             self.width,

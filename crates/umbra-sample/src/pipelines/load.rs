@@ -224,6 +224,9 @@ pub fn a1111_name(kind: SolverKind) -> &'static str {
         SolverKind::DpmPP2MKarras => "DPM++ 2M Karras",
         SolverKind::Langevin => "Langevin",
         SolverKind::PredictorCorrector => "PC",
+        SolverKind::Ncsn => "NCSN annealed Langevin",
+        SolverKind::ReverseSde => "Reverse SDE (Euler-Maruyama)",
+        SolverKind::ProbabilityFlow => "Probability-flow ODE (RK4)",
     }
 }
 

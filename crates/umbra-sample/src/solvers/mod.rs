@@ -35,6 +35,9 @@ pub mod euler;
 pub mod euler_ancestral;
 pub mod heun;
 pub mod langevin;
+pub mod ncsn;
+pub mod pf_ode;
+pub mod reverse_sde;
 mod sigmas;
 
 use crate::error::{Result, SampleError};
@@ -56,10 +59,14 @@ pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
 pub use heun::Heun;
 pub use langevin::{Langevin, LangevinMode};
+pub use ncsn::AnnealedLangevin;
+pub use pf_ode::ProbabilityFlow;
+pub use reverse_sde::ReverseSde;
 
 /// The solvers by name. `FromStr` accepts diffusers-style and UI-style names, case-insensitively and
 /// ignoring spaces, '-' and '_': "ddim", "ddpm", "euler", "euler-a", "heun", "dpm++2m",
-/// "dpm++2m-karras" (also "DPM++ 2M Karras"), "langevin" (annealed), "pc" (DDPM predictor + Langevin corrector).
+/// "dpm++2m-karras" (also "DPM++ 2M Karras"), "langevin" (annealed), "pc" (DDPM predictor + Langevin corrector),
+/// "ncsn" (NCSN's annealed Langevin in σ-space), "sde" (reverse-SDE Euler–Maruyama), "ode" (probability-flow RK4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SolverKind {
     Ddim,
@@ -71,11 +78,14 @@ pub enum SolverKind {
     DpmPP2MKarras,
     Langevin,
     PredictorCorrector,
+    Ncsn,
+    ReverseSde,
+    ProbabilityFlow,
 }
 
 impl SolverKind {
     /// Every solver, in the order `--help` lists them.
-    pub const ALL: [SolverKind; 9] = [
+    pub const ALL: [SolverKind; 12] = [
         Self::Ddim,
         Self::Ddpm,
         Self::Euler,
@@ -85,6 +95,9 @@ impl SolverKind {
         Self::DpmPP2MKarras,
         Self::Langevin,
         Self::PredictorCorrector,
+        Self::Ncsn,
+        Self::ReverseSde,
+        Self::ProbabilityFlow,
     ];
 
     /// The canonical CLI name.
@@ -99,6 +112,9 @@ impl SolverKind {
             Self::DpmPP2MKarras => "dpm++2m-karras",
             Self::Langevin => "langevin",
             Self::PredictorCorrector => "pc",
+            Self::Ncsn => "ncsn",
+            Self::ReverseSde => "sde",
+            Self::ProbabilityFlow => "ode",
         }
     }
 
@@ -123,7 +139,15 @@ impl SolverKind {
 
     /// Whether the solver draws fresh noise at each step (its output depends on the seed beyond x_T).
     pub fn is_stochastic(&self) -> bool {
-        matches!(self, Self::Ddpm | Self::EulerAncestral | Self::Langevin | Self::PredictorCorrector)
+        matches!(
+            self,
+            Self::Ddpm
+                | Self::EulerAncestral
+                | Self::Langevin
+                | Self::PredictorCorrector
+                | Self::Ncsn
+                | Self::ReverseSde
+        )
     }
 
     /// Build the solver from a scheduler config (DDIM with η = 0).
@@ -138,6 +162,9 @@ impl SolverKind {
             Self::DpmPP2MKarras => Box::new(DpmSolverPP2M::new(cfg, true)?),
             Self::Langevin => Box::new(Langevin::new(cfg, LangevinMode::Annealed)?),
             Self::PredictorCorrector => Box::new(Langevin::new(cfg, LangevinMode::PredictorCorrector)?),
+            Self::Ncsn => Box::new(AnnealedLangevin::new(cfg)?),
+            Self::ReverseSde => Box::new(ReverseSde::new(cfg)?),
+            Self::ProbabilityFlow => Box::new(ProbabilityFlow::new(cfg)?),
         })
     }
 }
@@ -162,6 +189,9 @@ impl FromStr for SolverKind {
             "dpm++2mkarras" | "dpmpp2mkarras" => Self::DpmPP2MKarras,
             "langevin" | "annealedlangevin" => Self::Langevin,
             "pc" | "predictorcorrector" => Self::PredictorCorrector,
+            "ncsn" | "annealedlangevinve" | "als" => Self::Ncsn,
+            "sde" | "reversesde" | "eulermaruyama" | "em" => Self::ReverseSde,
+            "ode" | "pfode" | "probabilityflow" | "rk4" => Self::ProbabilityFlow,
             _ => return Err(SampleError::UnknownSolver { name: s.to_string(), valid: Self::valid_names() }),
         })
     }

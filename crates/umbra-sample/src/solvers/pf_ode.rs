@@ -18,7 +18,9 @@ use crate::scheduler_config::{SchedulerConfig, TimestepSpacing};
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use umbra_core::diffusion::hutchinson::{divergence_hutchinson, mean_and_standard_error, probe_like, to_f64_vec, Probe};
+use umbra_core::diffusion::hutchinson::{
+    divergence_hutchinson, mean_and_standard_error, probe_like, to_f64_vec, Probe,
+};
 use umbra_core::diffusion::ode::{rk4, rk45, OdeStats, State, Tolerance};
 use umbra_core::diffusion::Parameterization;
 use umbra_core::diffusion::Sde;
@@ -130,14 +132,20 @@ impl OdeLikelihood {
 /// [x, Δ_1 … Δ_P] from t_min to 1 with dx/dt = f̃ and dΔ_p/dt = v_pᵀ (∂f̃/∂x) v_p, then
 /// log p = log p_1(x_1) + Δ_p (Song et al. 2021 eq. 39–40). `model` must keep its autograd graph
 /// (not detach its output), since the divergence needs ∂f̃/∂x.
-pub fn ode_log_likelihood(model: &dyn Denoiser, sde: &Sde, x: &Tensor, opts: &LikelihoodOptions) -> Result<OdeLikelihood> {
+pub fn ode_log_likelihood(
+    model: &dyn Denoiser,
+    sde: &Sde,
+    x: &Tensor,
+    opts: &LikelihoodOptions,
+) -> Result<OdeLikelihood> {
     if opts.probes == 0 {
         return Err(SampleError::Invalid("the likelihood needs at least one Hutchinson probe (--probes)".into()));
     }
     let b = x.dim(0)?;
     let dims = x.flatten_from(1)?.dim(1)?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let probes: Vec<Tensor> = (0..opts.probes).map(|_| probe_like(x, opts.probe, &mut rng)).collect::<std::result::Result<_, _>>()?;
+    let probes: Vec<Tensor> =
+        (0..opts.probes).map(|_| probe_like(x, opts.probe, &mut rng)).collect::<std::result::Result<_, _>>()?;
     let mut y0: State = vec![x.detach()];
     for _ in 0..opts.probes {
         y0.push(Tensor::zeros(b, DType::F64, x.device())?);
@@ -146,7 +154,6 @@ pub fn ode_log_likelihood(model: &dyn Denoiser, sde: &Sde, x: &Tensor, opts: &Li
     let f = |t: f64, y: &State| -> umbra_core::diffusion::Result<State> {
         let ab = sde.alpha_bar(t);
         let c = sde.vp_scale(t);
-        let g2 = sde.diffusion_sq(t);
         let ts = Timestep { t: sde.model_time(t, opts.levels), alpha_bar: ab };
         let drift = |xx: &Tensor| -> umbra_core::diffusion::Result<Tensor> {
             let s = model.predict_as(&xx.affine(c, 0.0)?, &ts, Parameterization::Score).map_err(e)?;

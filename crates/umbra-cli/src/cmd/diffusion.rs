@@ -737,13 +737,7 @@ pub fn score_field_png(
     let t = t.min(m.schedule.num_steps() - 1);
     let range = umbra_data::plot::auto_range([data]);
     let g = 21;
-    let mut grid = Vec::with_capacity(g * g * 2);
-    for i in 0..g {
-        for j in 0..g {
-            grid.push(range[0] + (range[1] - range[0]) * (j as f32 + 0.5) / g as f32);
-            grid.push(range[2] + (range[3] - range[2]) * (i as f32 + 0.5) / g as f32);
-        }
-    }
+    let grid = cell_centres(range, g);
     let x = Tensor::from_vec(grid.clone(), (g * g, 2), &m.device)?;
     let ts = Timestep { t: t as f64, alpha_bar: m.schedule.alpha_bar(t) };
     let den = m.denoiser(m.null_labels(g * g, &m.device)?);
@@ -796,13 +790,8 @@ pub fn score_field_png(
     Ok(())
 }
 
-/// The learned score field at four noise levels (training indices ≈ 2%, 10%, 30%, 70% of T), arrows
-/// scaled per panel, over the data.
-pub fn score_levels_png(m: &LoadedDiffusion, data: &[[f32; 2]], path: &Path) -> anyhow::Result<()> {
-    let tn = m.schedule.num_steps();
-    let idx: Vec<usize> = [0.02, 0.1, 0.3, 0.7].iter().map(|f| ((f * tn as f64) as usize).min(tn - 1)).collect();
-    let range = umbra_data::plot::auto_range([data]);
-    let g = 17;
+/// The centres of a g × g grid of cells over `range` ([x_min, x_max, y_min, y_max]), row by row, as (x, y) pairs.
+fn cell_centres(range: [f32; 4], g: usize) -> Vec<f32> {
     let mut grid = Vec::with_capacity(g * g * 2);
     for i in 0..g {
         for j in 0..g {
@@ -810,6 +799,17 @@ pub fn score_levels_png(m: &LoadedDiffusion, data: &[[f32; 2]], path: &Path) -> 
             grid.push(range[2] + (range[3] - range[2]) * (i as f32 + 0.5) / g as f32);
         }
     }
+    grid
+}
+
+/// The learned score field at four noise levels (training indices ≈ 2%, 10%, 30%, 70% of T), arrows
+/// scaled per panel, over the data.
+pub fn score_levels_png(m: &LoadedDiffusion, data: &[[f32; 2]], path: &Path) -> anyhow::Result<()> {
+    let tn = m.schedule.num_steps();
+    let idx: Vec<usize> = [0.02, 0.1, 0.3, 0.7].iter().map(|f| ((f * tn as f64) as usize).min(tn - 1)).collect();
+    let range = umbra_data::plot::auto_range([data]);
+    let g = 17;
+    let grid = cell_centres(range, g);
     let x = Tensor::from_vec(grid.clone(), (g * g, 2), &m.device)?;
     let den = m.denoiser(m.null_labels(g * g, &m.device)?);
     let cell = (range[1] - range[0]) / g as f32;

@@ -10,11 +10,11 @@
 //! spread is the estimator's standard error). DDIM is this ODE's first-order (exponential-Euler) step in
 //! σ-space, and Euler/Heun/DPM++ are its Karras-form discretisations.
 
-use super::reverse_sde::{score_at, time_grid};
-use super::{DiscreteCore, RunCtx, Solver, SolverKind};
+use super::reverse_sde::{score_at, time_grid, SdeGrid};
+use super::{RunCtx, Solver, SolverKind};
 use crate::error::{Result, SampleError};
 use crate::model::{Denoiser, Timestep};
-use crate::scheduler_config::{SchedulerConfig, TimestepSpacing};
+use crate::scheduler_config::SchedulerConfig;
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -28,15 +28,12 @@ use umbra_core::diffusion::Sde;
 /// Fixed-step RK4 on the probability-flow ODE; `steps` is the number of RK4 steps (4 evaluations each).
 #[derive(Clone, Debug)]
 pub struct ProbabilityFlow {
-    pub core: DiscreteCore,
-    pub sde: Sde,
+    pub grid: SdeGrid,
 }
 
 impl ProbabilityFlow {
     pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
-        let core = DiscreteCore::new(cfg, TimestepSpacing::Trailing)?;
-        let sde = Sde::vp_discrete(&core.schedule);
-        Ok(Self { core, sde })
+        Ok(Self { grid: SdeGrid::new(cfg)? })
     }
 }
 
@@ -52,8 +49,7 @@ impl Solver for ProbabilityFlow {
     }
 
     fn timesteps(&self, steps: usize) -> Result<Vec<f64>> {
-        let n = self.core.num_train_timesteps;
-        Ok(time_grid(&self.sde, steps)[..steps].iter().map(|&t| self.sde.model_time(t, n)).collect())
+        Ok(self.grid.timesteps(steps))
     }
 
     fn init_noise_sigma(&self, _steps: usize) -> Result<f64> {
@@ -61,28 +57,27 @@ impl Solver for ProbabilityFlow {
     }
 
     fn add_noise(&self, x0: &Tensor, noise: &Tensor, steps: usize, start_step: usize) -> Result<Tensor> {
-        let (m, s) = self.sde.marginal(time_grid(&self.sde, steps)[start_step]);
-        Ok((x0.affine(m, 0.0)? + noise.affine(s, 0.0)?)?)
+        self.grid.add_noise(x0, noise, steps, start_step)
     }
 
     /// One RK4 step per grid interval (Kutta 1901) from t = 1 to t_min, then Tweedie's x̂_0 at t_min.
     fn run(&self, model: &dyn Denoiser, mut x: Tensor, ctx: &mut RunCtx) -> Result<Tensor> {
-        let grid = time_grid(&self.sde, ctx.steps);
-        let n = self.core.num_train_timesteps;
+        let (sde, n) = (&self.grid.sde, self.grid.core.num_train_timesteps);
+        let grid = time_grid(sde, ctx.steps);
         for k in ctx.start_step..ctx.steps {
             let (t, t_next) = (grid[k], grid[k + 1]);
             let f = |tt: f64, y: &State| -> umbra_core::diffusion::Result<State> {
-                let d = pf_drift(model, &self.sde, &y[0], tt, n)
+                let d = pf_drift(model, sde, &y[0], tt, n)
                     .map_err(|e| umbra_core::diffusion::DiffusionError::Invalid(e.to_string()))?;
                 Ok(vec![d])
             };
             let (y, _) = rk4(f, vec![x.clone()], t, t_next, 1)?;
             let mut next = y.into_iter().next().expect("one tensor");
-            let (x0, _) = score_at(model, &self.sde, &x, t, n)?;
+            let (x0, _) = score_at(model, sde, &x, t, n)?;
             if k + 1 == ctx.steps {
-                next = score_at(model, &self.sde, &next, t_next, n)?.0;
+                next = score_at(model, sde, &next, t_next, n)?.0;
             }
-            x = ctx.report(k, self.sde.model_time(t, n), next, &x0)?;
+            x = ctx.report(k, sde.model_time(t, n), next, &x0)?;
         }
         Ok(x)
     }

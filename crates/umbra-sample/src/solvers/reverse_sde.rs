@@ -31,18 +31,43 @@ pub fn score_at(model: &dyn Denoiser, sde: &Sde, x: &Tensor, t: f64, levels: usi
     Ok((x0, sde.score_from_vp(&s, t)?))
 }
 
-/// Euler–Maruyama reverse-SDE sampler; `steps` in [`Solver::run`] is the number of EM steps.
+/// What the continuous-time solvers share: the model's discrete schedule, its VP SDE ([`Sde::vp_discrete`]),
+/// and the uniform grid over it (timesteps, the start of img2img).
 #[derive(Clone, Debug)]
-pub struct ReverseSde {
+pub struct SdeGrid {
     pub core: DiscreteCore,
     pub sde: Sde,
 }
 
-impl ReverseSde {
+impl SdeGrid {
     pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
         let core = DiscreteCore::new(cfg, TimestepSpacing::Trailing)?;
         let sde = Sde::vp_discrete(&core.schedule);
         Ok(Self { core, sde })
+    }
+
+    /// The network's time input at the first `steps` grid points.
+    pub fn timesteps(&self, steps: usize) -> Vec<f64> {
+        let n = self.core.num_train_timesteps;
+        time_grid(&self.sde, steps)[..steps].iter().map(|&t| self.sde.model_time(t, n)).collect()
+    }
+
+    /// x_t = m(t) x_0 + σ(t) ε at grid point `start_step` (the SDE's marginal).
+    pub fn add_noise(&self, x0: &Tensor, noise: &Tensor, steps: usize, start_step: usize) -> Result<Tensor> {
+        let (m, s) = self.sde.marginal(time_grid(&self.sde, steps)[start_step]);
+        Ok((x0.affine(m, 0.0)? + noise.affine(s, 0.0)?)?)
+    }
+}
+
+/// Euler–Maruyama reverse-SDE sampler; `steps` in [`Solver::run`] is the number of EM steps.
+#[derive(Clone, Debug)]
+pub struct ReverseSde {
+    pub grid: SdeGrid,
+}
+
+impl ReverseSde {
+    pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
+        Ok(Self { grid: SdeGrid::new(cfg)? })
     }
 }
 
@@ -52,8 +77,7 @@ impl Solver for ReverseSde {
     }
 
     fn timesteps(&self, steps: usize) -> Result<Vec<f64>> {
-        let n = self.core.num_train_timesteps;
-        Ok(time_grid(&self.sde, steps)[..steps].iter().map(|&t| self.sde.model_time(t, n)).collect())
+        Ok(self.grid.timesteps(steps))
     }
 
     fn init_noise_sigma(&self, _steps: usize) -> Result<f64> {
@@ -61,28 +85,27 @@ impl Solver for ReverseSde {
     }
 
     fn add_noise(&self, x0: &Tensor, noise: &Tensor, steps: usize, start_step: usize) -> Result<Tensor> {
-        let (m, s) = self.sde.marginal(time_grid(&self.sde, steps)[start_step]);
-        Ok((x0.affine(m, 0.0)? + noise.affine(s, 0.0)?)?)
+        self.grid.add_noise(x0, noise, steps, start_step)
     }
 
     /// x_{t−h} = x_t − h [f − g² s] + g √h z (Song et al. 2021 eq. 6, Euler–Maruyama), last step noise-free
     /// and followed by Tweedie's x̂_0.
     fn run(&self, model: &dyn Denoiser, mut x: Tensor, ctx: &mut RunCtx) -> Result<Tensor> {
-        let grid = time_grid(&self.sde, ctx.steps);
-        let n = self.core.num_train_timesteps;
+        let (sde, n) = (&self.grid.sde, self.grid.core.num_train_timesteps);
+        let grid = time_grid(sde, ctx.steps);
         for k in ctx.start_step..ctx.steps {
             let (t, t_next) = (grid[k], grid[k + 1]);
             let h = t - t_next;
-            let (x0, score) = score_at(model, &self.sde, &x, t, n)?;
-            let drift = self.sde.reverse_drift(&x, &score, t)?;
+            let (x0, score) = score_at(model, sde, &x, t, n)?;
+            let drift = sde.reverse_drift(&x, &score, t)?;
             let mut next = (&x - drift.affine(h, 0.0)?)?;
             if k + 1 < ctx.steps {
                 let z = ctx.noise_like(&x)?;
-                next = (next + z.affine(self.sde.diffusion(t) * h.sqrt(), 0.0)?)?;
+                next = (next + z.affine(sde.diffusion(t) * h.sqrt(), 0.0)?)?;
             } else {
-                next = score_at(model, &self.sde, &next, t_next, n)?.0;
+                next = score_at(model, sde, &next, t_next, n)?.0;
             }
-            x = ctx.report(k, self.sde.model_time(t, n), next, &x0)?;
+            x = ctx.report(k, sde.model_time(t, n), next, &x0)?;
         }
         Ok(x)
     }

@@ -486,7 +486,7 @@ fn trained_ldm_pipeline(dir: &std::path::Path) -> std::path::PathBuf {
         cross_attention_dim: PerBlock::All(32),
         ..ldm_trainer::small_unet_config(4, 8, 32)
     };
-    c.text_encoder = TextEncoderMode::Joint { config: ldm_trainer::small_text_config(32) };
+    c.text_encoder = TextEncoderMode::Joint { config: ldm_trainer::small_text_config(32, 2) };
     c.batch_size = 4;
     c.lr = 1e-3;
     let mut t = LdmTrainer::new(c, &images, &caps, &Device::Cpu).unwrap();

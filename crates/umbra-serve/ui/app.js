@@ -178,9 +178,13 @@ function reuse(p) {
 
 $("form").addEventListener("submit", (e) => { e.preventDefault(); generate(); });
 $("cancel").addEventListener("click", async () => {
-  if (!currentJob) return;
-  try { await api(`/v1/jobs/${currentJob}/cancel`, { method: "POST" }); setStatus("cancelling…"); }
-  catch (e) { setStatus("cancel: " + e.message); }
+  const id = currentJob;
+  if (!id) return;
+  // Say "cancelling…" before the request: its reply can arrive after the job's final event, and must not
+  // overwrite the "cancelled" (or "done") that event wrote.
+  setStatus("cancelling…");
+  try { await api(`/v1/jobs/${id}/cancel`, { method: "POST" }); }
+  catch (e) { if (currentJob === id) setStatus("cancel: " + e.message); }
 });
 $("randseed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 32); });
 document.addEventListener("keydown", (e) => {

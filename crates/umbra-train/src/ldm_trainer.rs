@@ -129,14 +129,14 @@ pub fn small_unet_config(latent_channels: usize, latent_size: usize, cross_dim: 
     }
 }
 
-/// The default jointly trained text encoder: CLIP's vocabulary (49408) and 77 positions, `hidden`-d, 2 layers,
-/// 4 heads, MLP 4×hidden, quick_gelu.
-pub fn small_text_config(hidden: usize) -> clip::Config {
+/// The jointly trained text encoder: CLIP's vocabulary (49408) and 77 positions, `hidden`-d, `layers` layers
+/// (the default is 2), 4 heads, MLP 4×hidden, quick_gelu.
+pub fn small_text_config(hidden: usize, layers: usize) -> clip::Config {
     clip::Config {
         vocab_size: 49408,
         hidden_size: hidden,
         intermediate_size: 4 * hidden,
-        num_hidden_layers: 2,
+        num_hidden_layers: layers,
         num_attention_heads: 4,
         max_position_embeddings: 77,
         hidden_act: clip::Activation::QuickGelu,
@@ -164,7 +164,7 @@ impl LdmConfig {
             limit: 0,
             autoencoder: autoencoder.into(),
             unet: small_unet_config(latent_channels, latent_size, 64),
-            text_encoder: TextEncoderMode::Joint { config: small_text_config(64) },
+            text_encoder: TextEncoderMode::Joint { config: small_text_config(64, 2) },
             init_from: None,
             prediction_type: Parameterization::Epsilon,
             min_snr_gamma: None,
@@ -214,6 +214,15 @@ impl LdmConfig {
         if let TextEncoderMode::Joint { config } = &self.text_encoder {
             if config.max_position_embeddings < 77 {
                 return bad("the text encoder needs 77 positions (CLIP's context)".into());
+            }
+            if config.num_hidden_layers == 0 || config.num_hidden_layers > 24 {
+                return bad(format!("--text-layers must be in 1..=24, got {}", config.num_hidden_layers));
+            }
+            if config.hidden_size == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
+                return bad(format!(
+                    "--text-hidden must be a positive multiple of the text encoder's {} heads, got {}",
+                    config.num_attention_heads, config.hidden_size
+                ));
             }
         }
         Ok(())

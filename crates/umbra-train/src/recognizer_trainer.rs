@@ -252,6 +252,8 @@ pub struct PromptScore {
     pub background: Option<bool>,
     /// Two-object prompts: both colour–shape pairs present, in either order.
     pub binding: Option<bool>,
+    /// Two-object prompts: two objects recognized on the prompt's axis (side by side or one above the other).
+    pub axis: Option<bool>,
     /// Two-object prompts: binding in the prompt's order along the prompt's axis.
     pub relation: Option<bool>,
     /// Everything the prompt names is right.
@@ -309,6 +311,7 @@ pub fn score_one(r: &Recognized, t: &Target) -> PromptScore {
     if let (Some(rel), Some(ra)) = (t.relation, &rel_assign) {
         let bound = r.objects.len() == 2 && (pair_ok(&[0, 1]) || pair_ok(&[1, 0]));
         s.binding = Some(bound);
+        s.axis = Some(r.objects.len() == 2 && r.axis == Some(rel.axis()));
         s.relation = Some(r.axis == Some(rel.axis()) && pair_ok(ra));
     }
     let all = |xs: &[Option<bool>]| xs.iter().all(|x| x.unwrap_or(true));
@@ -333,6 +336,9 @@ pub struct ScoreGroup {
     pub place: Tally,
     pub background: Tally,
     pub binding: Tally,
+    /// Reports written before this tally existed read it as empty.
+    #[serde(default)]
+    pub axis: Tally,
     pub relation: Tally,
     pub whole: Tally,
 }
@@ -349,12 +355,13 @@ impl ScoreGroup {
         self.place.add(s.place);
         self.background.add(s.background);
         self.binding.add(s.binding);
+        self.axis.add(s.axis);
         self.relation.add(s.relation);
         self.whole.add(Some(s.whole));
     }
 
     /// `(name, tally)` of every metric, in report order.
-    pub fn tallies(&self) -> [(&'static str, Tally); 9] {
+    pub fn tallies(&self) -> [(&'static str, Tally); 10] {
         [
             ("count", self.count),
             ("shape", self.shape),
@@ -363,6 +370,7 @@ impl ScoreGroup {
             ("place", self.place),
             ("background", self.background),
             ("binding", self.binding),
+            ("axis", self.axis),
             ("relation", self.relation),
             ("whole_prompt", self.whole),
         ]

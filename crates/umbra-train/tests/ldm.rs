@@ -61,7 +61,7 @@ fn tiny_config(vae: &Path, seed: u64) -> LdmConfig {
         cross_attention_dim: PerBlock::All(32),
         ..ldm_trainer::small_unet_config(4, 8, 32)
     };
-    c.text_encoder = TextEncoderMode::Joint { config: ldm_trainer::small_text_config(32) };
+    c.text_encoder = TextEncoderMode::Joint { config: ldm_trainer::small_text_config(32, 2) };
     c.batch_size = 8;
     c.lr = 1e-3;
     c.ema_decay = 0.9;

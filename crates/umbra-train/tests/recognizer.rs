@@ -56,7 +56,7 @@ fn swapped_pairs_keep_binding_but_lose_the_relation_and_wrong_colours_lose_bindi
     let mut swapped = truth.clone();
     swapped.objects.swap(0, 1);
     let s = score_one(&swapped, &t);
-    assert_eq!((s.binding, s.relation, s.whole), (Some(true), Some(false), false), "{s:?}");
+    assert_eq!((s.binding, s.axis, s.relation, s.whole), (Some(true), Some(true), Some(false), false), "{s:?}");
     assert_eq!((s.shape, s.colour), ([Some(true); 2], [Some(true); 2]), "attributes match under the best assignment");
     // Right layout, colours swapped between the shapes: a blue circle left of a red square.
     let mut rebound = truth.clone();
@@ -69,13 +69,13 @@ fn swapped_pairs_keep_binding_but_lose_the_relation_and_wrong_colours_lose_bindi
     let mut vertical = truth.clone();
     vertical.axis = Some(umbra_data::shapes::Axis::Vertical);
     let s = score_one(&vertical, &t);
-    assert_eq!((s.binding, s.relation), (Some(true), Some(false)));
+    assert_eq!((s.binding, s.axis, s.relation), (Some(true), Some(false), Some(false)));
     // One object drawn for a two-object prompt: count and binding fail.
     let mut single = truth.clone();
     single.objects.truncate(1);
     single.axis = None;
     let s = score_one(&single, &t);
-    assert!(!s.count && s.binding == Some(false) && !s.whole, "{s:?}");
+    assert!(!s.count && s.binding == Some(false) && s.axis == Some(false) && !s.whole, "{s:?}");
 }
 
 #[test]

@@ -22,7 +22,7 @@ per example and channel), z_t = √ᾱ_t z0 + √(1 − ᾱ_t) ε with SD's scal
 the loss is the MSE of the UNet's output against ε (--prediction-type epsilon) or v = √ᾱ ε − √(1−ᾱ) z0 \
 (v_prediction), optionally weighted per example by min-SNR-γ (Hang et al. 2023: min(SNR, γ)/SNR for ε, \
 min(SNR, γ)/(SNR + 1) for v). The text encoder is umbra's CLIPTextModel in a small config (vocabulary 49408, \
-77 positions, --text-hidden wide, 2 layers) trained jointly with the UNet, or --text-encoder DIR, a pretrained \
+77 positions, --text-hidden wide, --text-layers deep) trained jointly with the UNet, or --text-encoder DIR, a pretrained \
 transformers CLIPTextModel kept frozen. AdamW, EMA of the weights (what is sampled and exported).
 
 Writes into --out: checkpoint.safetensors (weights, AdamW moments, EMA, step; atomic; --resume continues \
@@ -93,6 +93,10 @@ pub struct TrainArgs {
     /// Width of the jointly trained text encoder (= the UNet's cross_attention_dim).
     #[arg(long, default_value_t = 64)]
     pub text_hidden: usize,
+    /// Transformer layers of the jointly trained text encoder (a causal CLIP encoder: the words of the first
+    /// object only see what comes before them, so relations need depth).
+    #[arg(long, default_value_t = 2)]
+    pub text_layers: usize,
     /// UNet channels per level, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "64,128")]
     pub unet_channels: Vec<usize>,
@@ -165,7 +169,7 @@ fn build_config(a: &TrainArgs, images: &candle_core::Tensor, captions: &[String]
             })?;
             let text = match &a.text_encoder {
                 Some(d) => TextEncoderMode::Frozen { dir: d.display().to_string() },
-                None => TextEncoderMode::Joint { config: ldm_trainer::small_text_config(a.text_hidden) },
+                None => TextEncoderMode::Joint { config: ldm_trainer::small_text_config(a.text_hidden, a.text_layers) },
             };
             (ae, text, None)
         }

@@ -98,7 +98,7 @@ pub fn quickstart_ldm(out: &Path, seed: u64) -> anyhow::Result<Vec<PathBuf>> {
     let mut c = LdmConfig::new("shapes:1000", size, &vae.display().to_string(), 4, 8, 100_000, seed);
     c.unet = ldm_trainer::small_unet_config(4, 8, 32);
     c.unet.block_out_channels = vec![32, 64];
-    c.text_encoder = TextEncoderMode::Joint { config: ldm_trainer::small_text_config(32) };
+    c.text_encoder = TextEncoderMode::Joint { config: ldm_trainer::small_text_config(32, 2) };
     c.lr = 1e-3;
     c.ema_decay = 0.99;
     c.checkpoint_every = 0;

@@ -11,6 +11,7 @@ pub mod curves;
 pub mod diffusion_trainer;
 pub mod ema;
 pub mod init;
+pub mod ldm_bound;
 pub mod ldm_trainer;
 pub mod lora_trainer;
 pub mod metrics;

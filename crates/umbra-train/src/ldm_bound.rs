@@ -8,7 +8,7 @@
 //! and stage 2 bounds the last term by the diffusion's variational bound (Luo eq. 58) on the scaled latent
 //! z̃ = s·(z − shift), with the change of variables −log p_θ(z|c) = −log p_θ(z̃|c) − D_z ln s.
 //! The decoder p(x|z) is a Gaussian N(D(z), σ²) integrated over each 8-bit pixel's bin (Ho et al. 2020 eq. 13),
-//! σ fitted on training images (the maximum-likelihood shared σ: the RMS reconstruction error).
+//! σ fitted on other images (the maximum-likelihood shared σ: the RMS reconstruction error).
 
 use std::collections::BTreeMap;
 
@@ -152,7 +152,7 @@ pub fn fit_decoder_sigma(sd: &StableDiffusion, images: &Tensor, batch: usize) ->
 /// The two-stage bound (module docs) of `sd` on `images` (`[n, 3, h, w]` in [0, 1]) with their `captions`,
 /// one posterior sample z ~ q(z|x) per image; the latent terms through [`vlb_sums`] on the dense-then-strided
 /// plan of `opts.stride` with the model's `prediction` parameterisation and `schedule`. `fit` are the images the
-/// decoder σ is fitted on when `opts.decoder_sigma` is `None` (use training images).
+/// decoder σ is fitted on when `opts.decoder_sigma` is `None` (use images other than `images`).
 pub fn two_stage_bound(
     sd: &StableDiffusion,
     prediction: Parameterization,

@@ -331,7 +331,7 @@ cell and writes OUT/eval.json (all cells' terms) and a grid per cell.
 Then the two-stage bound on --bound-images captioned test images: −log p(x|c) ≤ E_q[−log p(x|z)] − H[q(z|x)] + \
 E_q[−log p_θ(z|c)], the last term bounded by the latent diffusion's variational bound (Luo eq. 58) on the scaled \
 latent z̃ = s·(z − shift) minus D_z ln s (the change of variables). The decoder is a Gaussian around D(z) integrated \
-over each 8-bit bin; its σ is fitted on training images. Printed term by term in nats per image and bits/dim."
+over each 8-bit bin; its σ is fitted on other test images. Printed term by term in nats per image and bits/dim."
     };
 }
 
@@ -367,8 +367,8 @@ pub struct EvalArgs {
     /// variational bound, in nats and bits/dim); 0 skips it.
     #[arg(long, default_value_t = 128)]
     pub bound_images: usize,
-    /// The captioned data the bound is measured on (its test split; the decoder σ is fitted on 256 of its
-    /// training images).
+    /// The captioned data the bound is measured on: its test split's first --bound-images images; the decoder σ
+    /// is fitted on up to 256 of the split's other images.
     #[arg(long, default_value = "shapes")]
     pub bound_data: String,
     /// Evaluate every N-th latent diffusion term above the first 50, each weighted by N (1 = all 1000 terms).
@@ -461,7 +461,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The two-stage bound of `sd` on --bound-images test images of --bound-data (σ fitted on 256 training images).
+/// The two-stage bound of `sd` on --bound-images test images of --bound-data (σ fitted on 256 others).
 fn two_stage_bound_of(
     a: &EvalArgs,
     sd: &umbra_nn::checkpoint::StableDiffusion,
@@ -470,15 +470,14 @@ fn two_stage_bound_of(
     dev: &candle_core::Device,
 ) -> anyhow::Result<umbra_train::ldm_bound::TwoStageBound> {
     use umbra_train::ldm_bound::{two_stage_bound, BoundOptions};
-    let load = |split| {
-        load_captioned(&a.bound_data, side, split, a.seed).with_context(|| format!("--bound-data {}", a.bound_data))
-    };
-    let (test, train) = (load(Split::Test)?, load(Split::Train)?);
+    let test = load_captioned(&a.bound_data, side, Split::Test, a.seed)
+        .with_context(|| format!("--bound-data {} (its test split, at {side}×{side})", a.bound_data))?;
     let n = a.bound_images.min(test.len());
     let idx: Vec<usize> = (0..n).collect();
     let images = test.images.batch(&idx, dev)?;
-    let fit_idx: Vec<usize> = (0..256.min(train.len())).collect();
-    let fit = train.images.batch(&fit_idx, dev)?;
+    // σ from up to 256 other test images (the bound's own when the split has no others).
+    let fit_idx: Vec<usize> = if test.len() > n { (n..test.len().min(n + 256)).collect() } else { idx.clone() };
+    let fit = test.images.batch(&fit_idx, dev)?;
     let schedule = sched.noise_schedule()?;
     let opts = BoundOptions {
         stride: a.bound_stride.max(1),

@@ -423,6 +423,11 @@ impl DiagonalGaussianDistribution {
         self.mean.clone()
     }
 
+    /// Differential entropy H[q(z|x)] = ½ Σ (ln 2π + 1 + logvar), summed over all but the batch dimension, in nats.
+    pub fn entropy(&self) -> Result<Tensor> {
+        self.logvar.flatten_from(1)?.affine(0.5, 0.5 * ((2.0 * std::f64::consts::PI).ln() + 1.0))?.sum(1)
+    }
+
     /// KL(q(z|x) ‖ N(0, I)) = ½ Σ (mean² + var − 1 − logvar), summed over all but the batch dimension, in nats.
     pub fn kl(&self) -> Result<Tensor> {
         let var = self.logvar.exp()?;

@@ -20,7 +20,10 @@ use umbra_core::diffusion::vlb::{vlb_sums, Decoder, VlbPlan, VlbReport};
 use umbra_core::diffusion::{param::to_x0, Coef, NoiseSchedule, Parameterization};
 use umbra_core::elbo::bits_per_dim;
 use umbra_nn::checkpoint::StableDiffusion;
+use umbra_sample::pipelines::SdDenoiser;
+use umbra_sample::{Denoiser, Timestep};
 
+use crate::ldm_trainer::tokenize_captions;
 use crate::TrainError;
 
 /// How the bound is estimated.
@@ -186,38 +189,40 @@ pub fn two_stage_bound(
     };
     let (mut distortion, mut entropy) = (0f64, 0f64);
     let (mut sums, mut latent_dims) = (Vec::new(), 0);
-    let e = |e: umbra_core::diffusion::DiffusionError| terr(e);
+    let ids = tokenize_captions(&sd.tokenizer, captions, false)?.ids;
     for i in (0..n).step_by(batch) {
         let k = batch.min(n - i);
         let x = quantised(&images.narrow(0, i, k)?)?;
         let q = sd.vae.encode(&x)?;
         // z ~ q(z|x), one sample per image.
-        let z = (&q.mean + (&q.std * randn_like(&q.mean, &mut rng).map_err(e)?)?)?;
+        let z = (&q.mean + (&q.std * randn_like(&q.mean, &mut rng).map_err(terr)?)?)?;
         let xr = sd.vae.decode(&z)?;
-        distortion -= reconstruction(&x, &xr, sigma).map_err(e)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        // H[q] = Σ ½ (ln 2π + 1 + log σ²).
-        let d = q.logvar.flatten_from(1)?.dim(1)?;
-        latent_dims = d;
-        let lv = q.logvar.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        entropy += 0.5 * (lv + (k * d) as f64 * ((2.0 * std::f64::consts::PI).ln() + 1.0));
+        distortion -=
+            reconstruction(&x, &xr, sigma).map_err(terr)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        latent_dims = q.logvar.flatten_from(1)?.dim(1)?;
+        entropy += q.entropy()?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         let z_tilde = sd.vae.scale_latents(&z)?.detach();
-        let ids: Vec<u32> = captions[i..i + k]
-            .iter()
-            .map(|c| sd.tokenizer.encode(c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(terr)?
-            .concat();
-        let l = ids.len() / k;
-        let ctx = sd.text_encoder.forward(&Tensor::from_vec(ids, (k, l), &dev)?)?.last_hidden_state;
-        let x0_hat = |z_t: &Tensor, t: usize| -> umbra_core::diffusion::Result<Tensor> {
-            let tt = Tensor::full(t as f32, k, &dev)?;
-            let pred = sd
-                .unet
-                .forward(z_t, &tt, Some(&ctx), None)
-                .map_err(|e| umbra_core::diffusion::DiffusionError::Invalid(format!("the UNet at t = {t}: {e}")))?;
-            to_x0(&pred, prediction, z_t, &Coef::Scalar(schedule.alpha_bar(t)))
+        let batch_ids = Tensor::from_vec(ids[i..i + k].concat(), (k, sd.tokenizer.max_length), &dev)?;
+        // The model's unguided prediction, through the pipelines' own denoiser.
+        let model = SdDenoiser {
+            unet: &sd.unet,
+            context: sd.text_encoder.forward(&batch_ids)?.last_hidden_state,
+            guidance_scale: 1.0,
+            guided: false,
+            prediction,
+            extra: None,
+            calls: None,
         };
-        sums.push(vlb_sums(schedule, &z_tilde, &plan, Decoder::Gaussian, x0_hat, &mut rng, || pb.inc(1)).map_err(e)?);
+        let x0_hat = |z_t: &Tensor, t: usize| -> umbra_core::diffusion::Result<Tensor> {
+            let ab = schedule.alpha_bar(t);
+            let pred = model
+                .predict(z_t, &Timestep { t: t as f64, alpha_bar: ab })
+                .map_err(|e| umbra_core::diffusion::DiffusionError::Invalid(format!("the UNet at t = {t}: {e}")))?;
+            to_x0(&pred, prediction, z_t, &Coef::Scalar(ab))
+        };
+        sums.push(
+            vlb_sums(schedule, &z_tilde, &plan, Decoder::Gaussian, x0_hat, &mut rng, || pb.inc(1)).map_err(terr)?,
+        );
     }
     pb.finish_and_clear();
     let nf = n as f64;

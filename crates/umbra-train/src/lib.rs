@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod optim;
 pub mod pipeline_folder;
 pub mod progress;
+pub mod recognizer_score;
 pub mod recognizer_trainer;
 pub mod sample_metrics;
 pub mod trainer;

@@ -403,6 +403,15 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let mut prompts = umbra_data::shapes::eval_prompts(false, a.prompts, a.seed);
     prompts.extend(umbra_data::shapes::eval_prompts(true, a.prompts, a.seed));
     let targets: Vec<_> = prompts.iter().map(|(_, t)| t.clone()).collect();
+    // The bound's data, loaded before the (long) cells so that a bad --bound-data fails at once.
+    let bound_test = if a.bound_images > 0 {
+        Some(
+            load_captioned(&a.bound_data, side, Split::Test, a.seed)
+                .with_context(|| format!("--bound-data {} (its test split, at {side}×{side})", a.bound_data))?,
+        )
+    } else {
+        None
+    };
     let mut cells = Vec::new();
     for sampler in &a.samplers {
         let solver: umbra_sample::SolverKind = sampler.parse()?;
@@ -444,8 +453,8 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
                 "grid": grid.display().to_string()}));
         }
     }
-    let bound = if a.bound_images > 0 {
-        let b = two_stage_bound_of(&a, &sd, &sched, side, &dev)?;
+    let bound = if let Some(test) = &bound_test {
+        let b = two_stage_bound_of(&a, &sd, &sched, test, &dev)?;
         println!("\n{}", b.table());
         Some(b.to_json())
     } else {
@@ -461,17 +470,15 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The two-stage bound of `sd` on --bound-images test images of --bound-data (σ fitted on 256 others).
+/// The two-stage bound of `sd` on the first --bound-images images of `test` (σ fitted on up to 256 others).
 fn two_stage_bound_of(
     a: &EvalArgs,
     sd: &umbra_nn::checkpoint::StableDiffusion,
     sched: &umbra_sample::SchedulerConfig,
-    side: usize,
+    test: &umbra_data::captioned::CaptionedDataset,
     dev: &candle_core::Device,
 ) -> anyhow::Result<umbra_train::ldm_bound::TwoStageBound> {
     use umbra_train::ldm_bound::{two_stage_bound, BoundOptions};
-    let test = load_captioned(&a.bound_data, side, Split::Test, a.seed)
-        .with_context(|| format!("--bound-data {} (its test split, at {side}×{side})", a.bound_data))?;
     let n = a.bound_images.min(test.len());
     let idx: Vec<usize> = (0..n).collect();
     let images = test.images.batch(&idx, dev)?;
@@ -480,7 +487,7 @@ fn two_stage_bound_of(
     let fit = test.images.batch(&fit_idx, dev)?;
     let schedule = sched.noise_schedule()?;
     let opts = BoundOptions {
-        stride: a.bound_stride.max(1),
+        stride: a.bound_stride,
         seed: a.seed,
         decoder_sigma: a.decoder_sigma,
         progress: true,

@@ -7,11 +7,9 @@
 use crate::layers::{Conv2d, GroupNorm};
 use crate::unet::blocks::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::unet::transformer::Attention;
-use crate::unet::{weights, LoadError};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 fn d_3() -> usize {
     3
@@ -483,23 +481,6 @@ impl AutoencoderKL {
         let post_quant_conv =
             if cfg.use_post_quant_conv { Some(Conv2d::new(vb.pp("post_quant_conv"), l, l, 1, 1, 0)?) } else { None };
         Ok(Self { encoder, decoder, quant_conv, post_quant_conv, config: cfg.clone() })
-    }
-
-    /// Loads a diffusers `vae/` folder (`config.json` + `diffusion_pytorch_model.safetensors`, memory-mapped)
-    /// with the same full key check as the UNet. diffusers' pre-0.14 mid-block attention names
-    /// (`query`/`key`/`value`/`proj_attn`) are accepted too ([`crate::checkpoint::vae_legacy_key`]).
-    pub fn from_diffusers_dir(
-        dir: impl AsRef<Path>,
-        device: &Device,
-        dtype: DType,
-    ) -> std::result::Result<Self, LoadError> {
-        let dir = dir.as_ref();
-        let cfg: Config = weights::read_config(&dir.join("config.json"))?;
-        cfg.validate().map_err(|e| LoadError::Config { path: dir.join("config.json"), msg: e })?;
-        let files = weights::find_weights(dir)?;
-        weights::load_checked_renamed(&files, device, dtype, "AutoencoderKL", crate::checkpoint::vae_legacy_key, |vb| {
-            Self::new(vb, &cfg)
-        })
     }
 
     /// The spatial downsampling factor 2^(levels − 1) (8 for SD).

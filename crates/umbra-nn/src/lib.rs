@@ -3,14 +3,12 @@
 
 pub mod adapters;
 pub mod autoencoder_kl;
-pub mod bench_unet;
-pub mod checkpoint;
 pub mod classifier;
 pub mod clip;
 pub mod elbo;
-pub mod hub;
 pub mod hvae;
 pub mod layers;
+pub mod loading;
 pub mod recognizer;
 pub mod save_pretrained;
 pub mod tokenizer;

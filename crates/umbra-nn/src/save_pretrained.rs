@@ -1,6 +1,6 @@
 //! Writing a model as a diffusers / transformers component folder (what `save_pretrained` writes):
 //! `config.json` plus the weights as one f32 safetensors file with the library's own tensor names, so the
-//! folder loads unchanged in umbra (`load_vae_dir`, `UNet2DConditionModel::from_diffusers_dir`,
+//! folder loads unchanged in umbra (`load_vae_dir`, `load_unet_dir`,
 //! `load_text_encoder_dir`) and in diffusers / transformers.
 //!
 //! Both files are written atomically (temp file in the same folder, fsync, rename): weights first, then

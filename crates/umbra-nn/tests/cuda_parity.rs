@@ -12,8 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use umbra_nn::autoencoder_kl::AutoencoderKL;
-use umbra_nn::checkpoint::{load_text_encoder_dir, load_vae_dir};
-use umbra_nn::unet::UNet2DConditionModel;
+use umbra_nn::loading::{load_text_encoder_dir, load_vae_dir};
 
 /// f32 on the GPU: the CPU's tolerance.
 const TOL_F32: f32 = 1e-4;
@@ -86,7 +85,7 @@ fn tol(dtype: DType) -> f32 {
 fn unet_at(dtype: DType) {
     let (Some(dir), Some(dev)) = (reference_dir(), gpu()) else { return };
     let r = reference(&dir, &dev);
-    let unet = UNet2DConditionModel::from_diffusers_dir(dir.join("pipeline/unet"), &dev, dtype).unwrap();
+    let unet = umbra_nn::loading::load_unet_dir(&dir.join("pipeline/unet"), dtype, &dev).unwrap();
     let h = |t: &Tensor| t.to_dtype(dtype).unwrap();
     let out = unet
         .forward(&h(&r["unet.in.sample"]), &r["unet.in.timestep"], Some(&h(&r["unet.in.encoder_hidden_states"])), None)

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use umbra_nn::hub::{self, HubError};
+use umbra_nn::loading::hub::{self, HubError};
 
 fn files(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()

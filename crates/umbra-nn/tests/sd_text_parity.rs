@@ -87,8 +87,8 @@ fn tokenizer_dir_matches_reference_input_ids_and_sd2_padding() {
 // ------------------------------------------------------------------------------------------------
 
 use candle_core::{DType, Device, Tensor};
-use umbra_nn::checkpoint::{self, RenamedWeights, StableDiffusion};
 use umbra_nn::clip::{ClipTextModel, Config as ClipConfig};
+use umbra_nn::loading::{self, RenamedWeights, StableDiffusion};
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
@@ -130,7 +130,7 @@ fn reference(dir: &Path) -> std::collections::HashMap<String, Tensor> {
 #[test]
 fn clip_text_model_matches_transformers_from_folder() {
     let Some(dir) = reference_dir() else { return };
-    let m = checkpoint::load_text_encoder_dir(&dir.join("pipeline/text_encoder"), DType::F32, &Device::Cpu).unwrap();
+    let m = loading::load_text_encoder_dir(&dir.join("pipeline/text_encoder"), DType::F32, &Device::Cpu).unwrap();
     let worst = check_clip(&m, &reference(&dir), "folder (text_model.* keys)");
     eprintln!("CLIP parity, folder: worst max |diff| {worst:.3e}");
 }
@@ -176,9 +176,9 @@ fn compvis_single_file_maps_every_tensor_to_the_folder() {
     let Some(dir) = reference_dir() else { return };
     let p = dir.join("pipeline");
     let all = RenamedWeights::open(&[dir.join("tiny-sd-v1-ldm.safetensors")]).unwrap();
-    let unet_cfg = umbra_nn::unet::Config::from_json_file(&p.join("unet/config.json")).unwrap();
-    let parts = checkpoint::compvis_to_diffusers(&all, unet_cfg.layers_per_block).unwrap();
-    assert_eq!(parts.text_tower, checkpoint::TextTower::OpenAiClip);
+    let unet_cfg = umbra_nn::loading::read_config::<umbra_nn::unet::Config>(&p.join("unet/config.json")).unwrap();
+    let parts = loading::compvis_to_diffusers(&all, unet_cfg.layers_per_block).unwrap();
+    assert_eq!(parts.text_tower, loading::TextTower::OpenAiClip);
     let nu = assert_same_tensors(&parts.unet, &p.join("unet/diffusion_pytorch_model.safetensors"), |_| false, "unet");
     let nv = assert_same_tensors(&parts.vae, &p.join("vae/diffusion_pytorch_model.safetensors"), |_| false, "vae");
     let nt = assert_same_tensors(
@@ -194,7 +194,7 @@ fn compvis_single_file_maps_every_tensor_to_the_folder() {
 #[test]
 fn compvis_single_file_loads_and_gives_the_folder_embeddings() {
     let Some(dir) = reference_dir() else { return };
-    let opts = checkpoint::LoadOptions { config_dir: Some(dir.join("pipeline")), ..Default::default() };
+    let opts = loading::LoadOptions { config_dir: Some(dir.join("pipeline")), ..Default::default() };
     let single = StableDiffusion::load(dir.join("tiny-sd-v1-ldm.safetensors"), &opts).unwrap();
     let folder = StableDiffusion::load(dir.join("pipeline"), &Default::default()).unwrap();
     let r = reference(&dir);
@@ -263,8 +263,8 @@ fn open_clip_sd2_layout_splits_in_proj_and_matches_the_folder() {
     let tmp = std::env::temp_dir().join(format!("umbra-openclip-{}.safetensors", std::process::id()));
     candle_core::safetensors::save(&out, &tmp).unwrap();
     let all = RenamedWeights::open(std::slice::from_ref(&tmp)).unwrap();
-    let parts = checkpoint::compvis_to_diffusers(&all, 2).unwrap();
-    assert_eq!(parts.text_tower, checkpoint::TextTower::OpenClip);
+    let parts = loading::compvis_to_diffusers(&all, 2).unwrap();
+    assert_eq!(parts.text_tower, loading::TextTower::OpenClip);
     assert!(parts.ignored.iter().any(|k| k.ends_with("text_projection")));
     let cfg = ClipConfig::from_file(dir.join("pipeline/text_encoder/config.json")).unwrap();
     let m = parts
@@ -273,7 +273,7 @@ fn open_clip_sd2_layout_splits_in_proj_and_matches_the_folder() {
             "open_clip",
             DType::F32,
             &dev,
-            |k| checkpoint::text_encoder_ignorable(k, cfg.num_hidden_layers),
+            |k| loading::text_encoder_ignorable(k, cfg.num_hidden_layers),
             |vb| ClipTextModel::new(vb, &cfg),
         )
         .unwrap();
@@ -312,8 +312,8 @@ fn vae_folder_with_legacy_attention_names_loads() {
     std::fs::create_dir_all(&tmp).unwrap();
     std::fs::copy(src.join("config.json"), tmp.join("config.json")).unwrap();
     candle_core::safetensors::save(&legacy, tmp.join("diffusion_pytorch_model.safetensors")).unwrap();
-    let old = checkpoint::load_vae_dir(&tmp, DType::F32, &dev).unwrap();
-    let new = checkpoint::load_vae_dir(&src, DType::F32, &dev).unwrap();
+    let old = loading::load_vae_dir(&tmp, DType::F32, &dev).unwrap();
+    let new = loading::load_vae_dir(&src, DType::F32, &dev).unwrap();
     let r = reference(&dir);
     let z = (&r["vae.decode.in_latents_scaled"] / 0.18215).unwrap();
     let a = old.decode(&z).unwrap();

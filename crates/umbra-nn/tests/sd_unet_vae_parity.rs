@@ -7,7 +7,8 @@ use candle_nn::{VarBuilder, VarMap};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use umbra_nn::autoencoder_kl::{self, AutoencoderKL, DiagonalGaussianDistribution};
-use umbra_nn::unet::{weights, Config, LoadError, PerBlock, UNet2DConditionModel};
+use umbra_nn::loading::{self as weights, LoadError};
+use umbra_nn::unet::{Config, PerBlock, UNet2DConditionModel};
 
 const TOL: f32 = 1e-4;
 
@@ -35,11 +36,11 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn load_unet(dir: &std::path::Path) -> UNet2DConditionModel {
-    UNet2DConditionModel::from_diffusers_dir(dir.join("pipeline/unet"), &Device::Cpu, DType::F32).unwrap()
+    umbra_nn::loading::load_unet_dir(&dir.join("pipeline/unet"), DType::F32, &Device::Cpu).unwrap()
 }
 
 fn load_vae(dir: &std::path::Path) -> AutoencoderKL {
-    AutoencoderKL::from_diffusers_dir(dir.join("pipeline/vae"), &Device::Cpu, DType::F32).unwrap()
+    umbra_nn::loading::load_vae_dir_exact(&dir.join("pipeline/vae"), DType::F32, &Device::Cpu).unwrap()
 }
 
 #[test]
@@ -350,7 +351,7 @@ fn half_precision_unet_stays_close_to_f32() {
     // the model is built in the VarBuilder's dtype; the timestep embedding is computed in f32 and cast
     let Some(dir) = reference_dir() else { return };
     let r = reference(&dir);
-    let unet = UNet2DConditionModel::from_diffusers_dir(dir.join("pipeline/unet"), &Device::Cpu, DType::F16).unwrap();
+    let unet = umbra_nn::loading::load_unet_dir(&dir.join("pipeline/unet"), DType::F16, &Device::Cpu).unwrap();
     let h = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
     let out = unet
         .forward(&h(&r["unet.in.sample"]), &r["unet.in.timestep"], Some(&h(&r["unet.in.encoder_hidden_states"])), None)
@@ -369,7 +370,7 @@ fn half_precision_vae_stays_close_to_f32() {
     let Some(dir) = reference_dir() else { return };
     let r = reference(&dir);
     let h = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
-    let vae = AutoencoderKL::from_diffusers_dir(dir.join("pipeline/vae"), &Device::Cpu, DType::F16).unwrap();
+    let vae = umbra_nn::loading::load_vae_dir_exact(&dir.join("pipeline/vae"), DType::F16, &Device::Cpu).unwrap();
     let z = vae.unscale_latents(&h(&r["vae.decode.in_latents_scaled"])).unwrap();
     let out = vae.decode(&z).unwrap().to_dtype(DType::F32).unwrap();
     let d = max_abs_diff(&out, &r["vae.decode.out"]);

@@ -1,5 +1,5 @@
 //! diffusers' pre-0.14 VAE attention names (`query`, `key`, `value`, `proj_attn`, still shipped in e.g.
-//! SD 1.x's `vae/`) load through both `AutoencoderKL::from_diffusers_dir` and the pipeline loader, and give
+//! SD 1.x's `vae/`) load through both `load_vae_dir_exact` and the pipeline loader, and give
 //! the same model as the current names (`to_q`, `to_k`, `to_v`, `to_out.0`).
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use umbra_nn::autoencoder_kl::{seeded_randn, AutoencoderKL, Config};
-use umbra_nn::checkpoint::{load_vae_dir, vae_dtype, vae_legacy_key};
+use umbra_nn::loading::{load_vae_dir, vae_dtype, vae_legacy_key};
 
 fn save_dir(dir: &Path, cfg: &Config, tensors: &HashMap<String, Tensor>) {
     std::fs::create_dir_all(dir).unwrap();
@@ -63,8 +63,8 @@ fn legacy_vae_attention_names_load_everywhere() {
     save_dir(&dir_old, &cfg, &legacy);
 
     let dev = Device::Cpu;
-    let reference = AutoencoderKL::from_diffusers_dir(&dir_new, &dev, DType::F32).unwrap();
-    let a = AutoencoderKL::from_diffusers_dir(&dir_old, &dev, DType::F32).unwrap();
+    let reference = umbra_nn::loading::load_vae_dir_exact(&dir_new, DType::F32, &dev).unwrap();
+    let a = umbra_nn::loading::load_vae_dir_exact(&dir_old, DType::F32, &dev).unwrap();
     let b = load_vae_dir(&dir_old, DType::F32, &dev).unwrap();
     let z = seeded_randn(&[1, 4, 4, 4], 5, &dev).unwrap();
     let want = reference.decode(&z).unwrap();
@@ -77,7 +77,7 @@ fn legacy_vae_attention_names_load_everywhere() {
     let mut extra = legacy.clone();
     extra.insert("decoder.mid_block.attentions.0.stray.weight".into(), Tensor::zeros(3, DType::F32, &dev).unwrap());
     save_dir(&root.join("extra"), &cfg, &extra);
-    let e = AutoencoderKL::from_diffusers_dir(root.join("extra"), &dev, DType::F32).unwrap_err().to_string();
+    let e = umbra_nn::loading::load_vae_dir_exact(&root.join("extra"), DType::F32, &dev).unwrap_err().to_string();
     assert!(e.contains("1 unexpected keys") && e.contains("stray.weight"), "{e}");
 
     // force_upcast keeps the VAE in f32 when the pipeline runs in f16.

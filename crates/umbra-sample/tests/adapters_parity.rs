@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use umbra_nn::adapters::{FusedLoras, LoraAdapter, LoraFormat, TextualInversion};
-use umbra_nn::checkpoint::{LoadOptions, StableDiffusion};
+use umbra_nn::loading::{LoadOptions, StableDiffusion};
 use umbra_sample::pipelines::{self, GenerationParams};
 use umbra_sample::{SchedulerConfig, SolverKind};
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use umbra_nn::checkpoint::{LoadOptions, StableDiffusion};
+use umbra_nn::loading::{LoadOptions, StableDiffusion};
 use umbra_sample::pipelines::infotext::{self, ImageMeta};
 use umbra_sample::pipelines::{self, GenerationParams, InitNoises, VaeSample};
 use umbra_sample::{SchedulerConfig, SolverKind};
@@ -52,7 +52,8 @@ fn inputs(r: &HashMap<String, Tensor>) -> (Tensor, Tensor) {
 fn tiny(dir: &std::path::Path, nine: Option<&Tensor>) -> (StableDiffusion, SchedulerConfig) {
     let mut sd = StableDiffusion::load(dir.join("pipeline"), &LoadOptions::default()).unwrap();
     if let Some(w) = nine {
-        let mut cfg = umbra_nn::unet::Config::from_json_file(&dir.join("pipeline/unet/config.json")).unwrap();
+        let mut cfg =
+            umbra_nn::loading::read_config::<umbra_nn::unet::Config>(&dir.join("pipeline/unet/config.json")).unwrap();
         cfg.in_channels = 9;
         let mut ws =
             candle_core::safetensors::load(dir.join("pipeline/unet/diffusion_pytorch_model.safetensors"), &Device::Cpu)

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use umbra_nn::checkpoint::{LoadOptions, StableDiffusion};
+use umbra_nn::loading::{LoadOptions, StableDiffusion};
 use umbra_sample::pipelines::inpaint::latent_mask;
 use umbra_sample::pipelines::{self, png_text, GenerationParams};
 use umbra_sample::{SchedulerConfig, SolverKind};
@@ -267,9 +267,10 @@ fn every_sampler_runs_and_the_deterministic_ones_agree_at_many_steps() {
 fn nine_channel_inpainting_unet_sees_mask_and_masked_image_latents() {
     let Some((dir, mut sd, sched, r)) = tiny() else { return };
     // The tiny UNet as an SD-inpainting-style model: 9 input channels, seeded random weights.
-    let mut cfg = umbra_nn::unet::Config::from_json_file(&dir.join("pipeline/unet/config.json")).unwrap();
+    let mut cfg =
+        umbra_nn::loading::read_config::<umbra_nn::unet::Config>(&dir.join("pipeline/unet/config.json")).unwrap();
     cfg.in_channels = 9;
-    let vb = umbra_nn::unet::weights::random_varbuilder(7, DType::F32, &Device::Cpu);
+    let vb = umbra_nn::loading::random_varbuilder(7, DType::F32, &Device::Cpu);
     sd.unet = umbra_nn::unet::UNet2DConditionModel::new(vb, &cfg).unwrap();
     let image = &r["vae.encode.in"];
     let left = Tensor::cat(

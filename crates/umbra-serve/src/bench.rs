@@ -6,8 +6,8 @@
 //!   per-step observer, PNG + base64) and through the library (`pipelines::txt2img` on the very same loaded
 //!   weights), alternating, with the median of the per-pair overheads (server − library) / library.
 //!
-//! [`random_pipeline`] builds Stable Diffusion 1.5's architecture (UNet, VAE, CLIP ViT-L text tower) with
-//! seeded random weights, so the overhead can be measured at SD's cost without a checkpoint.
+//! [`random_pipeline`] serves an architecture with seeded random weights ([`StableDiffusion::random`]), so
+//! the overhead can be measured at SD's cost without a checkpoint.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,11 +19,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use serde::Serialize;
 use serde_json::{json, Value};
-use umbra_nn::autoencoder_kl::{self, AutoencoderKL};
-use umbra_nn::checkpoint::StableDiffusion;
-use umbra_nn::clip::{self, ClipTextModel};
-use umbra_nn::tokenizer::ClipTokenizer;
-use umbra_nn::unet::{self, weights, UNet2DConditionModel};
+use umbra_nn::loading::{SdArchitecture, StableDiffusion};
 use umbra_sample::pipelines::load::LoadedPipeline;
 use umbra_sample::pipelines::{self, GenerationParams, PipelineError};
 use umbra_sample::SchedulerConfig;
@@ -306,37 +302,12 @@ pub fn overhead(
     })
 }
 
-/// Random-weight architectures [`random_pipeline`] can build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RandomArch {
-    /// Stable Diffusion 1.5: UNet 859.5 M, VAE 83.7 M, CLIP ViT-L/14 text tower 123 M parameters.
-    Sd15,
-}
-
-/// `arch` with seeded random weights (umbra-nn's fast fill honouring each parameter's init scale), the
-/// built-in CLIP tokenizer and SD 1.x's scheduler config; named `random-sd15`. Images are noise, but every
-/// network runs at its real cost. SD 1.5 in f32 takes about 4.3 GB.
-pub fn random_pipeline(arch: RandomArch, seed: u64, dtype: DType, device: &Device) -> Result<LoadedPipeline> {
-    let build = |e: candle_core::Error| BenchError::Build(e.to_string());
-    let (ucfg, vcfg, ccfg, name) = match arch {
-        RandomArch::Sd15 => {
-            (unet::Config::sd15(), autoencoder_kl::Config::sd15(), clip::Config::sd_v1(), "random-sd15")
-        }
-    };
-    let unet = UNet2DConditionModel::new(weights::random_varbuilder(seed, dtype, device), &ucfg).map_err(build)?;
-    let vae = AutoencoderKL::new(weights::random_varbuilder(seed + 1, dtype, device), &vcfg).map_err(build)?;
-    let text = ClipTextModel::new(weights::random_varbuilder(seed + 2, dtype, device).pp("text_model"), &ccfg)
-        .map_err(build)?;
-    let tokenizer = ClipTokenizer::builtin().map_err(|e| BenchError::Build(e.to_string()))?;
+/// [`StableDiffusion::random`] wrapped as a servable pipeline with SD 1.x's scheduler config, named
+/// after the architecture (`random-sd15`, …).
+pub fn random_pipeline(arch: SdArchitecture, seed: u64, dtype: DType, device: &Device) -> Result<LoadedPipeline> {
+    let sd = StableDiffusion::random(arch, seed, dtype, device).map_err(|e| BenchError::Build(e.to_string()))?;
     let scheduler = SchedulerConfig::stable_diffusion();
     let default_solver = scheduler.default_solver();
-    let sd = StableDiffusion {
-        tokenizer,
-        text_encoder: text,
-        unet,
-        vae,
-        scheduler_config: None,
-        source: format!("{name} (random weights, seed {seed})"),
-    };
+    let name = arch.name();
     Ok(LoadedPipeline { sd, scheduler, default_solver, name: name.into(), path: PathBuf::from(name) })
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 
 use umbra_nn::adapters::{self, FusedLoras};
-use umbra_nn::checkpoint::StableDiffusion;
+use umbra_nn::loading::StableDiffusion;
 
 static LORA_DIR: RwLock<Option<PathBuf>> = RwLock::new(None);
 

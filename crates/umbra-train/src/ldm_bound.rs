@@ -19,7 +19,7 @@ use umbra_core::diffusion::loss::{randn_like, reconstruction};
 use umbra_core::diffusion::vlb::{vlb_sums, Decoder, VlbPlan, VlbReport};
 use umbra_core::diffusion::{param::to_x0, Coef, NoiseSchedule, Parameterization};
 use umbra_core::elbo::bits_per_dim;
-use umbra_nn::checkpoint::StableDiffusion;
+use umbra_nn::loading::StableDiffusion;
 use umbra_sample::pipelines::SdDenoiser;
 use umbra_sample::{Denoiser, Timestep};
 

@@ -31,8 +31,8 @@ use umbra_core::diffusion::{Coef, NoiseSchedule, Parameterization};
 use umbra_data::rng::derive_seed;
 use umbra_data::GridOptions;
 use umbra_nn::autoencoder_kl::AutoencoderKL;
-use umbra_nn::checkpoint::{load_text_encoder_dir, load_vae_dir, StableDiffusion};
 use umbra_nn::clip::{self, ClipTextModel};
+use umbra_nn::loading::{load_text_encoder_dir, load_vae_dir, StableDiffusion};
 use umbra_nn::tokenizer::ClipTokenizer;
 use umbra_nn::unet::{Config as UNetConfig, PerBlock, UNet2DConditionModel};
 use umbra_sample::pipelines::{txt2img, GenerationParams};
@@ -378,7 +378,7 @@ fn strip_prefix(tensors: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<St
     tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone()))).collect()
 }
 
-fn ckpt_err(e: umbra_nn::checkpoint::CheckpointError) -> TrainError {
+fn ckpt_err(e: umbra_nn::loading::CheckpointError) -> TrainError {
     TrainError::Invalid(e.to_string())
 }
 
@@ -444,7 +444,7 @@ impl LdmTrainer {
         }
         crate::init::seeded_init(&varmap, config.seed)?;
         if let Some(src) = &config.init_from {
-            let files = umbra_nn::unet::weights::find_weights(&Path::new(src).join("unet"))
+            let files = umbra_nn::loading::find_weights(&Path::new(src).join("unet"))
                 .map_err(|e| TrainError::Invalid(e.to_string()))?;
             let mut t = BTreeMap::new();
             for f in files {

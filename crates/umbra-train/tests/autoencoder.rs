@@ -175,7 +175,7 @@ fn exported_vae_folder_reloads_with_identical_decodes_and_scaling_factor_is_inve
 
     // Reload through the pipeline loader: identical decodes and posterior means.
     let dev = Device::Cpu;
-    let loaded = umbra_nn::checkpoint::load_vae_dir(&dir, DType::F32, &dev).unwrap();
+    let loaded = umbra_nn::loading::load_vae_dir(&dir, DType::F32, &dev).unwrap();
     let model = t.eval_model().unwrap();
     let z = umbra_nn::autoencoder_kl::seeded_randn(&[3, 2, 4, 4], 11, &dev).unwrap();
     let (a, b) = (model.decode(&z).unwrap(), loaded.decode(&z).unwrap());

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use umbra_nn::autoencoder_kl::{AutoencoderKL, Config as VaeConfig};
-use umbra_nn::checkpoint::{LoadOptions, StableDiffusion};
+use umbra_nn::loading::{LoadOptions, StableDiffusion};
 use umbra_nn::unet::{Config as UNetConfig, PerBlock};
 use umbra_sample::pipelines::{txt2img, GenerationParams};
 use umbra_sample::SolverKind;
@@ -348,7 +348,7 @@ fn init_from_fine_tunes_a_pretrained_pipeline() {
     let (x, caps) = tiny_data(4);
     let x = x.upsample_nearest2d(64, 64).unwrap();
     let mut cfg = tiny_config(&reference.join("vae"), 8);
-    cfg.unet = UNetConfig::from_json_file(&reference.join("unet/config.json")).unwrap();
+    cfg.unet = umbra_nn::loading::read_config::<UNetConfig>(&reference.join("unet/config.json")).unwrap();
     cfg.text_encoder = TextEncoderMode::Frozen { dir: reference.join("text_encoder").display().to_string() };
     cfg.init_from = Some(reference.display().to_string());
     let mut t = LdmTrainer::new(cfg, &x, &caps, &Device::Cpu).unwrap();

@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor};
 use umbra_data::rng::SplitMix64;
 use umbra_data::shapes::{self, Colour, ShapeKind};
 use umbra_nn::adapters::{FusedLoras, LoraAdapter};
-use umbra_nn::checkpoint::{LoadOptions, StableDiffusion};
+use umbra_nn::loading::{LoadOptions, StableDiffusion};
 use umbra_sample::pipelines::{self, GenerationParams};
 use umbra_sample::SchedulerConfig;
 use umbra_train::lora_trainer::{LoraTrainConfig, LoraTrainer, PEFT_FILE};

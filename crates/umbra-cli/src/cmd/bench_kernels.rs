@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use std::time::Instant;
+use umbra_bench::train_step_unet::{init_like_pytorch, param_count, BenchUNet, PARAM_COUNT};
 use umbra_kernels::KernelMode;
-use umbra_nn::bench_unet::{init_like_pytorch, param_count, BenchUNet, PARAM_COUNT};
 
 #[derive(clap::Args, Debug)]
 #[command(

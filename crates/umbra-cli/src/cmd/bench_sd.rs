@@ -9,10 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use umbra_nn::autoencoder_kl::{self, AutoencoderKL};
-use umbra_nn::checkpoint::{vae_dtype, StableDiffusion};
-use umbra_nn::clip::{self, ClipTextModel};
-use umbra_nn::tokenizer::ClipTokenizer;
-use umbra_nn::unet::{weights, Config, UNet2DConditionModel};
+use umbra_nn::loading::{self as weights, vae_dtype, SdArchitecture, StableDiffusion};
+use umbra_nn::unet::UNet2DConditionModel;
 use umbra_sample::pipelines::{self, GenerationParams, StepControl, StepObserver};
 use umbra_sample::{SchedulerConfig, SolverKind};
 
@@ -24,6 +22,16 @@ pub enum Arch {
     Sd21,
     /// The tiny-sd-v1 reference layout (UNet 1.1 M, VAE 1.4 M parameters).
     Tiny,
+}
+
+impl Arch {
+    fn architecture(self) -> SdArchitecture {
+        match self {
+            Arch::Sd15 => SdArchitecture::Sd15,
+            Arch::Sd21 => SdArchitecture::Sd21,
+            Arch::Tiny => SdArchitecture::Tiny,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,11 +254,7 @@ fn check_res(res: usize, steps: usize, batch: usize) -> Result<()> {
 pub fn unet(a: UnetArgs) -> Result<()> {
     check_res(a.res, a.steps, a.batch)?;
     let (dev, dtype) = a.run.setup()?;
-    let cfg = match a.arch {
-        Arch::Sd15 => Config::sd15(),
-        Arch::Sd21 => Config::sd21(),
-        Arch::Tiny => Config::tiny(),
-    };
+    let cfg = a.arch.architecture().configs().0;
     let n_params = weights::count_parameters(|vb| UNet2DConditionModel::new(vb, &cfg))?;
     let cross = cfg.resolve().map_err(anyhow::Error::msg)?.cross_attention_dim[0];
     println!(
@@ -283,11 +287,7 @@ pub fn unet(a: UnetArgs) -> Result<()> {
 pub fn vae(a: VaeArgs) -> Result<()> {
     check_res(a.res, a.steps, a.batch)?;
     let (dev, dtype) = a.run.setup()?;
-    let cfg = match a.arch {
-        Arch::Sd15 => autoencoder_kl::Config::sd15(),
-        Arch::Sd21 => autoencoder_kl::Config::sd21(),
-        Arch::Tiny => autoencoder_kl::Config::tiny(),
-    };
+    let cfg = a.arch.architecture().configs().1;
     let n_params = weights::count_parameters(|vb| AutoencoderKL::new(vb, &cfg))?;
     let f = 1usize << (cfg.block_out_channels.len() - 1);
     anyhow::ensure!(a.res % f == 0, "--res must be a multiple of the VAE's downsampling factor {f}");
@@ -313,33 +313,13 @@ pub fn vae(a: VaeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The CLIP text-encoder config of an architecture (tiny: the tiny-sd-v1 reference's text encoder).
-fn clip_config(arch: Arch) -> clip::Config {
-    match arch {
-        Arch::Sd15 => clip::Config::sd_v1(),
-        Arch::Sd21 => clip::Config::sd_v2(),
-        Arch::Tiny => clip::Config {
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            ..clip::Config::sd_v1()
-        },
-    }
-}
-
 /// `umbra bench txt2img`.
 pub fn txt2img(a: Txt2ImgArgs) -> Result<()> {
     check_res(a.res, a.steps, a.batch)?;
     anyhow::ensure!(a.steps >= 2, "--steps must be at least 2 (the first step is left out of it/s)");
     let (dev, dtype) = a.run.setup()?;
-    let (ucfg, vcfg) = match a.arch {
-        Arch::Sd15 => (Config::sd15(), autoencoder_kl::Config::sd15()),
-        Arch::Sd21 => (Config::sd21(), autoencoder_kl::Config::sd21()),
-        Arch::Tiny => (Config::tiny(), autoencoder_kl::Config::tiny()),
-    };
-    let ccfg = clip_config(a.arch);
-    let vdtype = vae_dtype(&vcfg, dtype);
+    let arch = a.arch.architecture();
+    let vdtype = vae_dtype(&arch.configs().1, dtype);
     println!(
         "txt2img {:?} {}x{}, batch {}, {} DDIM steps, guidance {}: UNet/CLIP {dtype:?}, VAE {vdtype:?}, on {:?}",
         a.arch, a.res, a.res, a.batch, a.steps, a.guidance, dev
@@ -348,14 +328,7 @@ pub fn txt2img(a: Txt2ImgArgs) -> Result<()> {
     let pb = ProgressBar::new_spinner();
     pb.set_message("filling random UNet, VAE and CLIP parameters");
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
-    let sd = StableDiffusion {
-        tokenizer: ClipTokenizer::builtin()?,
-        text_encoder: ClipTextModel::new(weights::random_varbuilder(a.run.seed + 10, dtype, &dev), &ccfg)?,
-        unet: UNet2DConditionModel::new(weights::random_varbuilder(a.run.seed, dtype, &dev), &ucfg)?,
-        vae: AutoencoderKL::new(weights::random_varbuilder(a.run.seed + 20, vdtype, &dev), &vcfg)?,
-        scheduler_config: None,
-        source: format!("random {:?} weights (seed {})", a.arch, a.run.seed),
-    };
+    let sd = StableDiffusion::random(arch, a.run.seed, dtype, &dev)?;
     pb.finish_and_clear();
     println!("built in {:.1} s", t0.elapsed().as_secs_f64());
     // Each step's end, after waiting for the device (a tiny reduction of x̂_0 forces the queue to drain).

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
+use umbra_nn::loading::SdArchitecture;
 use umbra_sample::pipelines::load::{self, PipelineSource, SchedulerOverrides};
-use umbra_serve::bench::{self, BenchReport, RandomArch, Work};
+use umbra_serve::bench::{self, BenchReport, Work};
 use umbra_serve::{Limits, Model, ServeConfig};
 
 const HELP: &str = "Starts `umbra serve` in this process on 127.0.0.1 (an ephemeral port) and measures it from \
@@ -139,7 +140,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         let pb = ProgressBar::new_spinner();
         pb.set_message("building Stable Diffusion 1.5 with random weights (~1 B parameters)");
         pb.enable_steady_tick(Duration::from_millis(200));
-        let lp = bench::random_pipeline(RandomArch::Sd15, a.seed, DType::F32, &Device::Cpu)?;
+        let lp = bench::random_pipeline(SdArchitecture::Sd15, a.seed, DType::F32, &Device::Cpu)?;
         pb.finish_and_clear();
         eprintln!("built {} in {:.1} s", lp.name, t0.elapsed().as_secs_f64());
         models.push(Model::new(lp));

@@ -159,7 +159,7 @@ fn build_config(a: &TrainArgs, images: &candle_core::Tensor, captions: &[String]
     let (_, _, h, _) = images.dims4()?;
     let (vae_path, text_mode, unet) = match &a.init_from {
         Some(m) => {
-            let ucfg = umbra_nn::unet::Config::from_json_file(&m.join("unet/config.json"))
+            let ucfg = umbra_nn::loading::read_config::<umbra_nn::unet::Config>(&m.join("unet/config.json"))
                 .with_context(|| format!("--init-from {}: reading unet/config.json", m.display()))?;
             (m.join("vae"), TextEncoderMode::Frozen { dir: m.join("text_encoder").display().to_string() }, Some(ucfg))
         }
@@ -382,7 +382,7 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    use umbra_nn::checkpoint::{LoadOptions, StableDiffusion};
+    use umbra_nn::loading::{LoadOptions, StableDiffusion};
     use umbra_sample::pipelines::{txt2img, GenerationParams};
     use umbra_train::recognizer_trainer::{score, TrainedRecognizer};
     let dev = super::sd::parse_device(&a.device)?;
@@ -473,7 +473,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
 /// The two-stage bound of `sd` on the first --bound-images images of `test` (σ fitted on up to 256 others).
 fn two_stage_bound_of(
     a: &EvalArgs,
-    sd: &umbra_nn::checkpoint::StableDiffusion,
+    sd: &umbra_nn::loading::StableDiffusion,
     sched: &umbra_sample::SchedulerConfig,
     test: &umbra_data::captioned::CaptionedDataset,
     dev: &candle_core::Device,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use umbra_nn::adapters::{self, FusedLoras, LoraAdapter, TextualInversion};
-use umbra_nn::checkpoint::StableDiffusion;
+use umbra_nn::loading::StableDiffusion;
 
 /// Adapters: LoRAs and textual-inversion embeddings.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -146,7 +146,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         let size = if a.size > 0 {
             a.size
         } else {
-            let u = umbra_nn::unet::Config::from_json_file(&a.model.join("unet/config.json"))
+            let u = umbra_nn::loading::read_config::<umbra_nn::unet::Config>(&a.model.join("unet/config.json"))
                 .with_context(|| format!("--model {}: reading unet/config.json", a.model.display()))?;
             u.sample_size.unwrap_or(8) * 8
         };

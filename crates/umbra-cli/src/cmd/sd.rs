@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
-use umbra_nn::checkpoint::StableDiffusion;
+use umbra_nn::loading::StableDiffusion;
 use umbra_nn::tokenizer::ClipTokenizer;
 use umbra_sample::pipelines::infotext::{self, ImageMeta};
 use umbra_sample::pipelines::load::{self, PipelineSource, SchedulerOverrides};
@@ -257,10 +257,10 @@ fn load(c: &CommonArgs) -> Result<(StableDiffusion, SchedulerConfig, SolverKind,
         timestep_spacing: c.timestep_spacing.as_deref().map(load::parse_timestep_spacing).transpose()?,
     };
     let solver = c.sampler.as_deref().map(load::parse_sd_solver).transpose()?;
-    let hub = umbra_nn::hub::HubOptions {
+    let hub = umbra_nn::loading::hub::HubOptions {
         token: c.hf_token.clone(),
         variant: c.variant.clone(),
-        offline: umbra_nn::hub::offline_from_env(),
+        offline: umbra_nn::loading::hub::offline_from_env(),
         progress: true,
     };
     let src = PipelineSource { model: c.model.clone(), config_dir: c.config.clone(), device, dtype, hub };

@@ -130,10 +130,10 @@ pub fn run(a: Args) -> Result<()> {
     umbra_serve::lora::set_lora_dir(a.lora_dir.clone());
     let mut models = Vec::new();
     for m in &a.model {
-        let hub = umbra_nn::hub::HubOptions {
+        let hub = umbra_nn::loading::hub::HubOptions {
             token: a.hf_token.clone(),
             variant: a.variant.clone(),
-            offline: umbra_nn::hub::offline_from_env(),
+            offline: umbra_nn::loading::hub::offline_from_env(),
             progress: true,
         };
         let src = PipelineSource { model: m.clone(), config_dir: a.config.clone(), device: device.clone(), dtype, hub };

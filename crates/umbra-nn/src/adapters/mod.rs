@@ -174,7 +174,7 @@ pub fn parse_file_token(s: &str) -> (PathBuf, Option<String>) {
 /// Fuses `fixed` LoRAs and those of `prompt`'s `<lora:NAME:W>` tags (files `NAME.safetensors` in `lora_dir`) into
 /// `sd`; returns the prompt without the tags and the fused state (unfuse it to get the base model back).
 pub fn fuse_prompt_loras(
-    sd: &crate::checkpoint::StableDiffusion,
+    sd: &crate::loading::StableDiffusion,
     prompt: &str,
     fixed: &[(LoraAdapter, f64)],
     lora_dir: Option<&std::path::Path>,

@@ -12,21 +12,17 @@
 //!   `DownBlock2D`/`UpBlock2D`.
 //!
 //! Sub-modules: [`embeddings`] (timestep/class), [`transformer`] (attention), [`blocks`] (resnets, down, up
-//! and mid blocks), [`weights`] (diffusers folder loading and the key check shared with `AutoencoderKL`).
+//! and mid blocks); loading a diffusers `unet/` folder goes through [`crate::loading`].
 
 pub mod blocks;
 pub mod embeddings;
 pub mod transformer;
-pub mod weights;
-
-pub use weights::LoadError;
 
 use blocks::{DownBlock, MidBlockCrossAttn, ResnetConfig, UpBlock};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use embeddings::{ClassEmbedding, TimestepEmbedding};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use transformer::Transformer2DConfig;
 
 use crate::layers::{Conv2d, GroupNorm};
@@ -440,11 +436,6 @@ impl Config {
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.resolve().map(|_| ())
     }
-
-    /// Reads a diffusers `config.json`.
-    pub fn from_json_file(path: &Path) -> std::result::Result<Self, LoadError> {
-        weights::read_config(path)
-    }
 }
 
 /// diffusers' `UNet2DConditionModel` (see the module docs).
@@ -560,20 +551,6 @@ impl UNet2DConditionModel {
             conv_out,
             config: cfg.clone(),
         })
-    }
-
-    /// Loads a diffusers `unet/` folder: `config.json` + `diffusion_pytorch_model.safetensors`
-    /// (memory-mapped). Every key is checked: missing, unexpected and mis-shaped tensors are listed in the error.
-    pub fn from_diffusers_dir(
-        dir: impl AsRef<Path>,
-        device: &Device,
-        dtype: DType,
-    ) -> std::result::Result<Self, LoadError> {
-        let dir = dir.as_ref();
-        let cfg = weights::read_config::<Config>(&dir.join("config.json"))?;
-        cfg.validate().map_err(|e| LoadError::Config { path: dir.join("config.json"), msg: e })?;
-        let weights = weights::find_weights(dir)?;
-        weights::load_checked(&weights, device, dtype, "UNet2DConditionModel", |vb| Self::new(vb, &cfg))
     }
 
     /// Predicts the model output (ε for SD) for `sample: [B, in_channels, H, W]` at `timestep` (a scalar,

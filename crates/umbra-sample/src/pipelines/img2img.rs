@@ -6,7 +6,7 @@
 //! [`super::noises`]) to reproduce a diffusers run.
 
 use candle_core::Tensor;
-use umbra_nn::checkpoint::StableDiffusion;
+use umbra_nn::loading::StableDiffusion;
 
 use super::{
     denoiser, encode_image_with, initial_noise, run_and_decode, validate, Generation, GenerationParams, PipelineError,

@@ -10,7 +10,7 @@
 //! [`super::noises`] for the order diffusers draws them in).
 
 use candle_core::{DType, Tensor};
-use umbra_nn::checkpoint::StableDiffusion;
+use umbra_nn::loading::StableDiffusion;
 
 use super::img2img::{batch_image, start_step};
 use super::{

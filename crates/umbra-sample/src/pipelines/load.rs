@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use umbra_core::diffusion::Parameterization;
-use umbra_nn::checkpoint::{LoadOptions, StableDiffusion};
-use umbra_nn::hub::HubOptions;
+use umbra_nn::loading::hub::HubOptions;
+use umbra_nn::loading::{LoadOptions, StableDiffusion};
 
 use super::{PipelineError, Result};
 use crate::{SchedulerConfig, SolverKind, TimestepSpacing};
@@ -66,8 +66,8 @@ pub fn resolve_model(model: &str, hub: &HubOptions) -> Result<PathBuf> {
     if p.exists() {
         return Ok(p);
     }
-    if umbra_nn::hub::looks_like_repo_id(model) {
-        let dir = umbra_nn::hub::fetch_pipeline(model, hub).map_err(|e| invalid(e.to_string()))?;
+    if umbra_nn::loading::hub::looks_like_repo_id(model) {
+        let dir = umbra_nn::loading::hub::fetch_pipeline(model, hub).map_err(|e| invalid(e.to_string()))?;
         return Ok(dir);
     }
     Err(invalid(format!(

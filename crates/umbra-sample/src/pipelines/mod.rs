@@ -30,7 +30,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use umbra_core::diffusion::Parameterization;
 use umbra_nn::autoencoder_kl::AutoencoderKL;
-use umbra_nn::checkpoint::StableDiffusion;
+use umbra_nn::loading::StableDiffusion;
 use umbra_nn::unet::UNet2DConditionModel;
 
 use crate::guidance::cfg_combine;

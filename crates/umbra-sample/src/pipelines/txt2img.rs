@@ -1,6 +1,6 @@
 //! Text-to-image: x_T = noise · init_noise_sigma, the solver with classifier-free guidance, VAE decode.
 
-use umbra_nn::checkpoint::StableDiffusion;
+use umbra_nn::loading::StableDiffusion;
 
 use super::{denoiser, initial_noise, run_and_decode, validate, Generation, GenerationParams, PipelineError, Result};
 use crate::SchedulerConfig;

@@ -1,10 +1,10 @@
 //! The benchmark U-Net: the exact architecture of `shared/bench/torch_unet_step.py` (a small DDPM-style
-//! U-Net for 32×32×1 images, 943,233 parameters), built from [`crate::layers`] so every hot op goes
+//! U-Net for 32×32×1 images, 943,233 parameters), built from [`umbra_nn::layers`] so every hot op goes
 //! through `umbra_kernels`. `umbra bench train-step` times one forward + backward + AdamW step of it.
 
-use crate::layers::{linear, silu, Conv2d, GroupNorm, Linear};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
+use umbra_nn::layers::{linear, silu, Conv2d, GroupNorm, Linear};
 
 /// Width of the timestep embedding after the time MLP.
 pub const TEMB: usize = 256;

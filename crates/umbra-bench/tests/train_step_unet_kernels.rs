@@ -3,8 +3,8 @@
 //! process-wide kernel mode.)
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use umbra_bench::train_step_unet::{init_like_pytorch, BenchUNet};
 use umbra_kernels::KernelMode;
-use umbra_nn::bench_unet::{init_like_pytorch, BenchUNet};
 
 fn losses(mode: KernelMode) -> Vec<f32> {
     umbra_kernels::set_mode(mode);

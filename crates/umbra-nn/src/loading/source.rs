@@ -251,7 +251,7 @@ pub fn load_checked<T>(
 }
 
 /// [`load_checked`] where file key `k` is seen by the model as `rename(k)` (e.g.
-/// [`crate::checkpoint::vae_legacy_key`] for diffusers' pre-0.14 VAE attention names).
+/// [`crate::loading::vae_legacy_key`] for diffusers' pre-0.14 VAE attention names).
 pub fn load_checked_renamed<T>(
     files: &[PathBuf],
     device: &Device,

@@ -35,6 +35,8 @@ pub fn load_text_encoder_dir(dir: &Path, dtype: DType, dev: &Device) -> Result<C
     w.build("CLIPTextModel", dtype, dev, |k| text_encoder_ignorable(k, n), |vb| ClipTextModel::new(vb, &cfg))
 }
 
+/// The dtype the VAE runs in for a requested pipeline `dtype`: f32 when the config says `force_upcast`
+/// (SD's VAE overflows in f16; diffusers then decodes in f32 too), else `dtype`.
 pub fn vae_dtype(cfg: &autoencoder_kl::Config, dtype: DType) -> DType {
     if cfg.force_upcast && dtype != DType::F32 {
         DType::F32
@@ -47,7 +49,7 @@ pub fn vae_dtype(cfg: &autoencoder_kl::Config, dtype: DType) -> DType {
 /// The VAE is kept in f32 when `force_upcast` is set (see [`vae_dtype`]).
 pub fn load_vae_dir(dir: &Path, dtype: DType, dev: &Device) -> Result<AutoencoderKL> {
     let cfg: autoencoder_kl::Config = read_config(&dir.join("config.json"))?;
-    Ok(load_vae_dir_exact(dir, vae_dtype(&cfg, dtype), dev)?)
+    Ok(vae_from_folder(dir, &cfg, vae_dtype(&cfg, dtype), dev)?)
 }
 
 /// Loads a diffusers `vae/` folder (`config.json` + `diffusion_pytorch_model.safetensors`, memory-mapped) in
@@ -55,9 +57,19 @@ pub fn load_vae_dir(dir: &Path, dtype: DType, dev: &Device) -> Result<Autoencode
 /// (`query`/`key`/`value`/`proj_attn`) are accepted too ([`vae_legacy_key`]).
 pub fn load_vae_dir_exact(dir: &Path, dtype: DType, dev: &Device) -> std::result::Result<AutoencoderKL, LoadError> {
     let cfg: autoencoder_kl::Config = read_config(&dir.join("config.json"))?;
+    vae_from_folder(dir, &cfg, dtype, dev)
+}
+
+/// The VAE of folder `dir` described by its already-read `cfg`, in `dtype`.
+fn vae_from_folder(
+    dir: &Path,
+    cfg: &autoencoder_kl::Config,
+    dtype: DType,
+    dev: &Device,
+) -> std::result::Result<AutoencoderKL, LoadError> {
     cfg.validate().map_err(|e| LoadError::Config { path: dir.join("config.json"), msg: e })?;
     let files = find_weights(dir)?;
-    load_checked_renamed(&files, dev, dtype, "AutoencoderKL", vae_legacy_key, |vb| AutoencoderKL::new(vb, &cfg))
+    load_checked_renamed(&files, dev, dtype, "AutoencoderKL", vae_legacy_key, |vb| AutoencoderKL::new(vb, cfg))
 }
 
 /// Loads a diffusers `unet/` folder: `config.json` + `diffusion_pytorch_model.safetensors` (memory-mapped).

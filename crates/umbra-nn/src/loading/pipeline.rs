@@ -1,13 +1,6 @@
-//! Loading Stable Diffusion checkpoints: a diffusers folder (`model_index.json`, `unet/`, `vae/`,
-//! `text_encoder/`, `tokenizer/`, `scheduler/`) or a single CompVis/LDM `.safetensors` file.
-//!
-//! The single-file layout is handled by one key-renaming function, [`compvis_to_diffusers`], that maps
-//! `model.diffusion_model.*` (UNet), `first_stage_model.*` (VAE; its mid-attention 1×1 convs become
-//! linear weights) and `cond_stage_model.transformer.*` (OpenAI CLIP, SD 1.x) or
-//! `cond_stage_model.model.*` (OpenCLIP, SD 2.x; the fused `in_proj` is split into q/k/v) to diffusers'
-//! names. Every model is then built through a [`VarBuilder`] over the renamed, memory-mapped tensors,
-//! with a full check: missing keys, unexpected keys, wrong shapes and non-float dtypes are all listed
-//! in one error.
+//! The whole Stable Diffusion pipeline: [`StableDiffusion::load`] from a diffusers folder
+//! (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`) or a single CompVis/LDM
+//! `.safetensors` file (renamed by [`super::compvis`]), and [`StableDiffusion::random`] for benchmarks.
 
 use std::path::{Path, PathBuf};
 

@@ -8,16 +8,7 @@ use std::process::Command;
 use candle_core::{Device, Tensor};
 
 fn reference_dir() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/tiny-sd-v1"));
-    if p.join("pipeline/model_index.json").is_file() {
-        Some(p)
-    } else {
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED: ../shared/reference/tiny-sd-v1 not found\n"),
-        );
-        None
-    }
+    umbra_test_support::tiny_sd("pipeline/model_index.json")
 }
 
 fn umbra(args: &[&str]) -> (bool, String) {

@@ -13,6 +13,8 @@
 //!   ∇_m F = −E[g],  ∂F/∂L_ij = −E[gᵢ εⱼ] (i > j),  ∂F/∂sᵢ = −1 − E[gᵢ εᵢ] L_ii,
 //! where g = ∇_z log p(z) is the mixture's score (closed form). The expectation is a minibatch
 //! average over ε.
+//!
+//! (About 600 lines: 180 of them are the tests that check both fits against closed forms.)
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

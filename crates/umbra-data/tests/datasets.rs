@@ -5,20 +5,8 @@ use std::path::{Path, PathBuf};
 use umbra_data::idx::{self, IdxArray, IMAGES_MAGIC, LABELS_MAGIC};
 use umbra_data::{fetch, load_dataset, DataError, Split};
 
-const MNIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/mnist");
-
 fn mnist_dir() -> Option<PathBuf> {
-    let p = PathBuf::from(MNIST);
-    if p.join("t10k-images-idx3-ubyte.gz").is_file() {
-        Some(p)
-    } else {
-        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED: ../shared/data/mnist not found\n"),
-        );
-        None
-    }
+    umbra_test_support::shared_or_skip("data/mnist", "t10k-images-idx3-ubyte.gz")
 }
 
 fn tmp_dir(name: &str) -> PathBuf {

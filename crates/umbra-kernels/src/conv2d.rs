@@ -1,5 +1,8 @@
 //! 2-D convolution on CPU (`f32`, `groups = 1`): per-image, per-row-tile im2col + `gemm`, parallel over
 //! the batch; backward computes the input, weight and bias gradients in one pass over the batch.
+//!
+//! (Over 600 lines on purpose: forward and backward share the tiling, the im2col/col2im helpers and the
+//! gemm layout, and they are only correct together; splitting them would scatter one op across files.)
 
 use crate::cpu_storage::{
     add_assign, f32_slice, gemm_par, output, sgemm, tensor, threads, tune_gemm, uninit_vec, with_f32, SendPtr,

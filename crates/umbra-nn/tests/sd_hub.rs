@@ -195,11 +195,7 @@ fn without_the_feature_the_error_says_how_to_get_the_folder() {
     // Not offline: goes to the (compiled-out) downloader.
     let opts = hub::HubOptions { offline: false, ..Default::default() };
     if hub::offline_from_env() {
-        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED: HF_HUB_OFFLINE is set in this environment\n"),
-        );
+        umbra_test_support::skipped("HF_HUB_OFFLINE is set in this environment");
         return;
     }
     let e = hub::fetch_pipeline("owner/some-model", &opts).unwrap_err().to_string();

@@ -6,17 +6,7 @@ use std::path::{Path, PathBuf};
 use umbra_nn::tokenizer::{self, ClipTokenizer, BUILTIN_VOCAB_SIZE};
 
 fn reference_dir() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/tiny-sd-v1"));
-    if p.join("reference_tokens.json").is_file() {
-        Some(p)
-    } else {
-        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED: ../shared/reference/tiny-sd-v1 not found\n"),
-        );
-        None
-    }
+    umbra_test_support::tiny_sd("reference_tokens.json")
 }
 
 #[test]

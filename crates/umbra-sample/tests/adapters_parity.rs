@@ -18,14 +18,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn tiny() -> Option<(StableDiffusion, SchedulerConfig, HashMap<String, Tensor>, HashMap<String, Tensor>)> {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/tiny-sd-v1"));
-    if !dir.join("reference.safetensors").is_file() {
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED: ../shared/reference/tiny-sd-v1 not found\n"),
-        );
-        return None;
-    }
+    let dir = umbra_test_support::tiny_sd("reference.safetensors")?;
     let sd = StableDiffusion::load(dir.join("pipeline"), &LoadOptions::default()).unwrap();
     let sched = SchedulerConfig::from_file(dir.join("pipeline")).unwrap();
     let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();

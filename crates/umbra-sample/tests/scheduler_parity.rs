@@ -7,31 +7,14 @@ use umbra_core::diffusion::Parameterization;
 use umbra_sample::solvers::{Ddim, DpmSolverPP2M, Euler, Solver, SolverKind};
 use umbra_sample::{SchedulerConfig, TimestepSpacing};
 
-const REF_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/tiny-sd-v1");
-
 fn load_ref() -> Option<HashMap<String, Tensor>> {
-    let p = format!("{REF_DIR}/reference.safetensors");
-    if !std::path::Path::new(&p).exists() {
-        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED: ../shared/reference/tiny-sd-v1/reference.safetensors not found\n"),
-        );
-        return None;
-    }
+    let p = umbra_test_support::tiny_sd("reference.safetensors")?.join("reference.safetensors");
     Some(candle_core::safetensors::load(&p, &Device::Cpu).expect("read reference.safetensors"))
 }
 
 fn tiny_sd_config() -> Option<SchedulerConfig> {
-    let p = format!("{REF_DIR}/pipeline/scheduler/scheduler_config.json");
-    if !std::path::Path::new(&p).exists() {
-        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED: ../shared/reference/tiny-sd-v1/pipeline not found\n"),
-        );
-        return None;
-    }
+    let p = umbra_test_support::tiny_sd("pipeline/scheduler/scheduler_config.json")?
+        .join("pipeline/scheduler/scheduler_config.json");
     Some(SchedulerConfig::from_file(&p).expect("parse scheduler_config.json"))
 }
 

@@ -16,15 +16,9 @@ use umbra_sample::pipelines::{self, GenerationParams};
 use umbra_sample::{SchedulerConfig, SolverKind};
 
 fn shared_tokenizer() -> Option<PathBuf> {
-    let p =
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/tiny-sd-v1/pipeline/tokenizer"));
-    if p.join("vocab.json").is_file() && p.join("merges.txt").is_file() {
-        Some(p)
-    } else {
-        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("SKIPPED: ../shared/reference/tiny-sd-v1/pipeline/tokenizer not found (the SD 2.x pipeline test needs its vocab.json + merges.txt)\n"));
-        None
-    }
+    // The SD 2.x pipeline test needs the tokenizer's vocab.json + merges.txt.
+    umbra_test_support::shared_or_skip("reference/tiny-sd-v1/pipeline/tokenizer", "merges.txt")
+        .filter(|p| p.join("vocab.json").is_file())
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {

@@ -10,17 +10,7 @@ use umbra_sample::pipelines::{self, png_text, GenerationParams};
 use umbra_sample::{SchedulerConfig, SolverKind};
 
 fn reference_dir() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/tiny-sd-v1"));
-    if p.join("reference.safetensors").is_file() {
-        Some(p)
-    } else {
-        // Written to the real stderr: libtest captures eprintln! from passing tests, and a skip must be visible.
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED: ../shared/reference/tiny-sd-v1 not found\n"),
-        );
-        None
-    }
+    umbra_test_support::tiny_sd("reference.safetensors")
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,7 @@ fn chromium() -> Option<String> {
             return Some(c.to_string());
         }
     }
-    let _ = std::io::stderr().write_fmt(format_args!("SKIPPED: no chromium on PATH (apt-get install chromium)\n"));
+    umbra_test_support::skipped("no chromium on PATH (apt-get install chromium)");
     None
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -82,7 +82,7 @@ fn firefox() -> Option<String> {
             return Some(c.to_string());
         }
     }
-    let _ = std::io::stderr().write_fmt(format_args!("SKIPPED: no firefox on PATH (apt-get install firefox-esr)\n"));
+    umbra_test_support::skipped("no firefox on PATH (apt-get install firefox-esr)");
     None
 }
 

@@ -8,11 +8,19 @@ pub mod autoencoder_trainer;
 pub mod checkpoint;
 pub mod classifier_trainer;
 pub mod curves;
+pub mod diffusion_config;
+pub mod diffusion_figures;
+pub mod diffusion_model;
+pub mod diffusion_report;
+pub mod diffusion_sampling;
 pub mod diffusion_trainer;
 pub mod ema;
 pub mod init;
+pub mod kl_figures;
 pub mod ldm_bound;
+pub mod ldm_config;
 pub mod ldm_trainer;
+pub mod lora_config;
 pub mod lora_trainer;
 pub mod metrics;
 pub mod optim;
@@ -22,6 +30,7 @@ pub mod recognizer_score;
 pub mod recognizer_trainer;
 pub mod sample_metrics;
 pub mod trainer;
+pub mod vae_figures;
 pub mod vae_trainer;
 
 pub use checkpoint::Checkpoint;
@@ -47,6 +56,10 @@ pub enum TrainError {
     Plot(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Sample(#[from] umbra_sample::SampleError),
+    #[error(transparent)]
+    Data(#[from] umbra_data::DataError),
 }
 
 impl TrainError {

@@ -201,3 +201,14 @@ pub fn accuracy(predicted: &[u32], intended: &[u32]) -> f64 {
     }
     predicted.iter().zip(intended).filter(|(a, b)| a == b).count() as f64 / predicted.len() as f64
 }
+
+/// MMD² with an RBF kernel between the first `max` of `samples` and of `data` (2-D points), at bandwidth
+/// a quarter of the data's median pairwise distance: returns (points used, bandwidth h, MMD²).
+pub fn mmd2_of_points(samples: &[[f32; 2]], data: &[[f32; 2]], max: usize) -> (usize, f64, f64) {
+    let n = samples.len().min(data.len()).min(max);
+    let as_rows =
+        |p: &[[f32; 2]]| -> Vec<Vec<f64>> { p.iter().take(n).map(|p| vec![p[0] as f64, p[1] as f64]).collect() };
+    let (xs, ys) = (as_rows(samples), as_rows(data));
+    let h = median_bandwidth(&ys, &ys) / 4.0;
+    (n, h, mmd2_rbf(&xs, &ys, h))
+}

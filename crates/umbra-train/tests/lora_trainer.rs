@@ -11,16 +11,7 @@ use umbra_train::trainer::{LoopConfig, Trainer};
 use umbra_train::Checkpoint;
 
 fn pipeline() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/tiny-sd-v1/pipeline"));
-    if p.join("model_index.json").is_file() {
-        Some(p)
-    } else {
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED: ../shared/reference/tiny-sd-v1 not found\n"),
-        );
-        None
-    }
+    umbra_test_support::tiny_sd("pipeline/model_index.json").map(|p| p.join("pipeline"))
 }
 
 fn tmp(name: &str) -> PathBuf {

@@ -12,16 +12,9 @@ use crate::autoencoder_kl::{self, AutoencoderKL};
 use crate::clip::{self, ClipTextModel};
 use crate::unet::{self, UNet2DConditionModel};
 
-pub(super) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CheckpointError::Read { path: path.to_path_buf(), msg: e.to_string() })?;
-    serde_json::from_str(&text)
-        .map_err(|e| CheckpointError::Read { path: path.to_path_buf(), msg: format!("invalid JSON config: {e}") })
-}
-
 /// The safetensors weight files of a transformers model folder (`model.safetensors` or its shards).
 fn text_encoder_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    super::safetensors_files(dir, "model", read_json)?.ok_or_else(|| CheckpointError::Read {
+    super::safetensors_files(dir, "model")?.ok_or_else(|| CheckpointError::Read {
         path: dir.join("model.safetensors"),
         msg: "no model.safetensors (umbra reads safetensors only; a PyTorch .bin must be converted first)".into(),
     })
@@ -29,7 +22,7 @@ fn text_encoder_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Load a CLIP text encoder from a transformers folder (`config.json` + `model.safetensors`).
 pub fn load_text_encoder_dir(dir: &Path, dtype: DType, dev: &Device) -> Result<ClipTextModel> {
-    let cfg: clip::Config = read_json(&dir.join("config.json"))?;
+    let cfg: clip::Config = read_config(&dir.join("config.json"))?;
     let w = RenamedWeights::open(&text_encoder_files(dir)?)?;
     let n = cfg.num_hidden_layers;
     w.build("CLIPTextModel", dtype, dev, |k| text_encoder_ignorable(k, n), |vb| ClipTextModel::new(vb, &cfg))

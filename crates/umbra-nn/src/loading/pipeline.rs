@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use super::compvis::{compvis_to_diffusers, text_encoder_ignorable};
-use super::folders::{load_text_encoder_dir, load_unet_dir, load_vae_dir, read_json, vae_dtype};
+use super::folders::{load_text_encoder_dir, load_unet_dir, load_vae_dir, vae_dtype};
+use super::read_config;
 use super::renamed::{CheckpointError, RenamedWeights, Result};
 use crate::autoencoder_kl::{self, AutoencoderKL};
 use crate::clip::{self, ClipTextModel};
@@ -72,7 +73,7 @@ impl StableDiffusion {
         let unet = load_unet_dir(&dir.join("unet"), dt, dev)?;
         let vae = load_vae_dir(&dir.join("vae"), dt, dev)?;
         let sched = dir.join("scheduler/scheduler_config.json");
-        let scheduler_config = if sched.is_file() { Some(read_json(&sched)?) } else { None };
+        let scheduler_config = if sched.is_file() { Some(read_config(&sched)?) } else { None };
         Ok(Self { tokenizer, text_encoder, unet, vae, scheduler_config, source: dir.display().to_string() })
     }
 
@@ -85,17 +86,17 @@ impl StableDiffusion {
         let sd2 = all.keys().any(|k| k.starts_with("cond_stage_model.model."));
         let cfg_dir = opts.config_dir.as_deref();
         let mut unet_cfg: unet::Config = match cfg_dir {
-            Some(d) => read_json(&d.join("unet/config.json"))?,
+            Some(d) => read_config(&d.join("unet/config.json"))?,
             None if sd2 => unet::Config::sd21(),
             None => unet::Config::sd15(),
         };
         let vae_cfg: autoencoder_kl::Config = match cfg_dir {
-            Some(d) => read_json(&d.join("vae/config.json"))?,
+            Some(d) => read_config(&d.join("vae/config.json"))?,
             None if sd2 => autoencoder_kl::Config::sd21(),
             None => autoencoder_kl::Config::sd15(),
         };
         let text_cfg: clip::Config = match cfg_dir {
-            Some(d) => read_json(&d.join("text_encoder/config.json"))?,
+            Some(d) => read_config(&d.join("text_encoder/config.json"))?,
             None if sd2 => clip::Config::sd_v2(),
             None => clip::Config::sd_v1(),
         };
@@ -148,7 +149,7 @@ impl StableDiffusion {
         }
         let scheduler_config = match cfg_dir {
             Some(d) if d.join("scheduler/scheduler_config.json").is_file() => {
-                Some(read_json(&d.join("scheduler/scheduler_config.json"))?)
+                Some(read_config(&d.join("scheduler/scheduler_config.json"))?)
             }
             _ => None,
         };

@@ -33,7 +33,7 @@ pub fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Loa
 
 /// The safetensors weight file(s) of a diffusers model folder (a single file, or the shards of an index).
 pub fn find_weights(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    if let Some(files) = safetensors_files(dir, "diffusion_pytorch_model", read_config)? {
+    if let Some(files) = safetensors_files(dir, "diffusion_pytorch_model")? {
         return Ok(files);
     }
     let extra = if dir.join("diffusion_pytorch_model.bin").is_file() {
@@ -49,20 +49,16 @@ pub fn find_weights(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 /// The safetensors files of model `stem` in `dir`: `stem.safetensors`, else the shards named by
-/// `stem.safetensors.index.json` (parsed by `read_index`), else a variant such as `stem.fp16.safetensors`
+/// `stem.safetensors.index.json`, else a variant such as `stem.fp16.safetensors`
 /// (as `--variant fp16` fetches) when the fp32 file is absent; None when there is none of these.
-pub(crate) fn safetensors_files<E>(
-    dir: &Path,
-    stem: &str,
-    read_index: impl FnOnce(&Path) -> Result<serde_json::Value, E>,
-) -> Result<Option<Vec<PathBuf>>, E> {
+pub(crate) fn safetensors_files(dir: &Path, stem: &str) -> Result<Option<Vec<PathBuf>>, LoadError> {
     let single = dir.join(format!("{stem}.safetensors"));
     if single.is_file() {
         return Ok(Some(vec![single]));
     }
     let index = dir.join(format!("{stem}.safetensors.index.json"));
     if index.is_file() {
-        let v = read_index(&index)?;
+        let v: serde_json::Value = read_config(&index)?;
         let files: BTreeSet<String> = v
             .get("weight_map")
             .and_then(|m| m.as_object())

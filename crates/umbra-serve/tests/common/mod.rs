@@ -13,13 +13,7 @@ use umbra_sample::pipelines::load::{self, PipelineSource, SchedulerOverrides};
 use umbra_serve::{Model, Running, ServeConfig};
 
 pub fn reference_dir() -> Option<PathBuf> {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/tiny-sd-v1"));
-    if p.join("pipeline").is_dir() {
-        Some(p)
-    } else {
-        let _ = std::io::stderr().write_fmt(format_args!("SKIPPED: ../shared/reference/tiny-sd-v1 not found\n"));
-        None
-    }
+    umbra_test_support::tiny_sd("pipeline")
 }
 
 pub fn load_model(path: &std::path::Path, config_dir: Option<PathBuf>) -> Model {

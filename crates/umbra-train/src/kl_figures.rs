@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use crate::TrainError;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use umbra_core::gaussian::Gaussian;
@@ -15,8 +15,10 @@ const FWD: RGBColor = RGBColor(31, 119, 180);
 const REV: [RGBColor; 4] =
     [RGBColor(214, 39, 40), RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
 
-fn pe<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("plotting failed: {e}")
+type Result<T> = std::result::Result<T, TrainError>;
+
+fn pe<E: std::fmt::Display>(e: E) -> TrainError {
+    TrainError::Plot(format!("plotting failed: {e}"))
 }
 
 fn rev_color(k: usize) -> RGBColor {
@@ -41,13 +43,15 @@ fn both_backends(
             draw_png(&root)?;
             root.present().map_err(pe)?;
         }
-        let img = image::RgbImage::from_raw(size.0, size.1, buf).context("RGB buffer has the wrong size")?;
-        img.save_with_format(&png, image::ImageFormat::Png).with_context(|| format!("writing {}", png.display()))?;
+        let img = image::RgbImage::from_raw(size.0, size.1, buf)
+            .ok_or_else(|| TrainError::Plot("RGB buffer has the wrong size".into()))?;
+        img.save_with_format(&png, image::ImageFormat::Png)
+            .map_err(|e| TrainError::Plot(format!("writing {}: {e}", png.display())))?;
     }
     {
         let root = SVGBackend::new(&svg, size).into_drawing_area();
         draw_svg(&root)?;
-        root.present().map_err(pe).with_context(|| format!("writing {}", svg.display()))?;
+        root.present().map_err(|e| TrainError::Plot(format!("writing {}: {e}", svg.display())))?;
     }
     Ok(vec![png, svg])
 }

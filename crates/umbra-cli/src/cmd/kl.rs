@@ -2,8 +2,6 @@
 //! by forward KL (moment matching) and by reverse KL (reparameterized SGD with restarts), prints
 //! the four divergences and draws the fits.
 
-mod figures;
-
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -177,8 +175,8 @@ fn run_targets(targets: &[GaussianMixture], cfg: &LabConfig, out: &Path) -> Resu
         text.push_str(&table);
         let base = out.join(format!("kl_{}d", p.dim()));
         match p.dim() {
-            1 => files.extend(figures::plot_1d(&base, p, &lab)?),
-            2 => files.extend(figures::plot_2d(&base, p, &lab)?),
+            1 => files.extend(umbra_train::kl_figures::plot_1d(&base, p, &lab)?),
+            2 => files.extend(umbra_train::kl_figures::plot_2d(&base, p, &lab)?),
             d => say(&format!("(no figure for a {d}-D target: figures are drawn for 1-D and 2-D)\n")),
         }
         json.push(summary_json(p, &lab, secs));

@@ -3,10 +3,12 @@
 //! 4096-token attention (SD at 512²) costs O(N·D) memory. The backward pass recomputes each tile.
 
 use crate::cpu_storage::{f32_slice, gemm_par, output, sgemm, tensor, threads, with_f32, SendPtr};
+use crate::simd::{self, multiversion};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Query rows per tile.
+/// Query rows per tile. (Measured on SD 1.5's 16 × 1024² attention at d = 40, one thread: 64×256, 256×256,
+/// 128×512 and 256×1024 tiles all run at 52–54 GFLOP/s; the d = 40 gemms, not the tiling, set the rate.)
 const TQ: usize = 64;
 /// Key rows per tile.
 const TK: usize = 256;
@@ -33,6 +35,32 @@ fn geom(q: &[usize], k: &[usize], v: &[usize]) -> Result<Geom> {
         bail!("attention: k {k:?} / v {v:?} do not fit q {q:?} (need k [..., M, {d}], v [..., M, Dv])");
     }
     Ok(Geom { bh: q[..r - 2].iter().product(), n, m, d, dv })
+}
+
+multiversion! {
+    /// One online-softmax step on a row of logits (Milakov & Gimelshein 2018): m' = max(m, max s),
+    /// s ← e^(s − m') in place; returns (m', Σ s, e^(m − m')), the last 0 when m = −∞ (no earlier tile).
+    fn softmax_step(row: &mut [f32], m: f32) -> (f32, f32, f32) {
+        let mnew = m.max(simd::max(row));
+        let corr = if m == f32::NEG_INFINITY { 0.0 } else { simd::exp(m - mnew) };
+        (mnew, simd::exp_shift_sum(row, mnew), corr)
+    }
+}
+
+multiversion! {
+    /// The row's max m' = max(m, max s) and Σ e^(s − m') without writing the row; returns (m', Σ, e^(m − m')).
+    fn softmax_stats(row: &[f32], m: f32) -> (f32, f32, f32) {
+        let mnew = m.max(simd::max(row));
+        let corr = if m == f32::NEG_INFINITY { 0.0 } else { simd::exp(m - mnew) };
+        (mnew, simd::exp_shift_total(row, mnew), corr)
+    }
+}
+
+multiversion! {
+    /// s ← e^(s − lse) in place (the probabilities of a row whose log-sum-exp is known).
+    fn exp_shift(row: &mut [f32], lse: f32) {
+        simd::exp_shift_sum(row, lse);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -74,15 +102,7 @@ unsafe fn forward_tile(
         let kn = TK.min(g.m - k0);
         logits(g, q, tq, k, k0, kn, scale, s, par);
         for i in 0..tq {
-            let row = &mut s[i * kn..(i + 1) * kn];
-            let rmax = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let mnew = mx[i].max(rmax);
-            let corr = if mx[i] == f32::NEG_INFINITY { 0.0 } else { (mx[i] - mnew).exp() };
-            let mut sum = 0f32;
-            for p in row.iter_mut() {
-                *p = (*p - mnew).exp();
-                sum += *p;
-            }
+            let (mnew, sum, corr) = softmax_step(&mut s[i * kn..(i + 1) * kn], mx[i]);
             l[i] = l[i] * corr + sum;
             mx[i] = mnew;
             if k0 > 0 {
@@ -178,11 +198,8 @@ unsafe fn backward_head(
             let kn = TK.min(g.m - k0);
             logits(g, qp, tq, k.as_ptr(), k0, kn, scale, &mut s, par);
             for i in 0..tq {
-                let row = &s[i * kn..(i + 1) * kn];
-                let rmax = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let mnew = mx[i].max(rmax);
-                let corr = if mx[i] == f32::NEG_INFINITY { 0.0 } else { (mx[i] - mnew).exp() };
-                l[i] = l[i] * corr + row.iter().map(|&x| (x - mnew).exp()).sum::<f32>();
+                let (mnew, sum, corr) = softmax_stats(&s[i * kn..(i + 1) * kn], mx[i]);
+                l[i] = l[i] * corr + sum;
                 mx[i] = mnew;
             }
             k0 += kn;
@@ -198,7 +215,7 @@ unsafe fn backward_head(
             }
             // P = exp(S − lse)
             for i in 0..tq {
-                s[i * kn..(i + 1) * kn].iter_mut().for_each(|x| *x = (*x - lse[i]).exp());
+                exp_shift(&mut s[i * kn..(i + 1) * kn], lse[i]);
             }
             // dV[k0.., dv] += Pᵀ · dO
             sgemm(

@@ -20,6 +20,7 @@ mod elementwise;
 mod group_norm;
 mod layer_norm;
 mod linear;
+pub mod profile;
 pub mod reference;
 mod simd;
 
@@ -96,11 +97,17 @@ fn fast(ts: &[&Tensor]) -> bool {
 
 /// 2-D convolution, `groups = 1`, square kernel, symmetric padding: y = w ⋆ x + b.
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    if fast(&[x, w]) && b.is_none_or(|b| fast(&[b])) {
-        conv2d::conv2d(x, w, b, stride, padding)
-    } else {
-        reference::conv2d(x, w, b, stride, padding)
-    }
+    profile::timed(
+        "conv2d",
+        || conv_shape(x, w, stride, padding),
+        || {
+            if fast(&[x, w]) && b.is_none_or(|b| fast(&[b])) {
+                conv2d::conv2d(x, w, b, stride, padding)
+            } else {
+                reference::conv2d(x, w, b, stride, padding)
+            }
+        },
+    )
 }
 
 /// Convolution plus a bias per image and output channel: y = w ⋆ x + b + image_bias[:, :, None, None],
@@ -114,56 +121,92 @@ pub fn conv2d_image_bias(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    if fast(&[x, w, image_bias]) && b.is_none_or(|b| fast(&[b])) {
-        conv2d::conv2d_image_bias(x, w, b, image_bias, stride, padding)
-    } else {
-        reference::conv2d_image_bias(x, w, b, image_bias, stride, padding)
-    }
+    profile::timed(
+        "conv2d",
+        || conv_shape(x, w, stride, padding),
+        || {
+            if fast(&[x, w, image_bias]) && b.is_none_or(|b| fast(&[b])) {
+                conv2d::conv2d_image_bias(x, w, b, image_bias, stride, padding)
+            } else {
+                reference::conv2d_image_bias(x, w, b, image_bias, stride, padding)
+            }
+        },
+    )
 }
 
 /// Fully connected layer y = x·wᵀ + b over the last dimension of `x`, `w: [out, in]`, `b: [out]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    if fast(&[x, w]) && b.is_none_or(|b| fast(&[b])) {
-        linear::linear(x, w, b)
-    } else {
-        reference::linear(x, w, b)
-    }
+    profile::timed(
+        "linear",
+        || linear_shape(x, w),
+        || {
+            if fast(&[x, w]) && b.is_none_or(|b| fast(&[b])) {
+                linear::linear(x, w, b)
+            } else {
+                reference::linear(x, w, b)
+            }
+        },
+    )
 }
 
 /// Group normalisation over `[B, C, ...]` with per-channel affine `gamma`, `beta`.
 pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    if fast(&[x, gamma, beta]) {
-        group_norm::group_norm(x, groups, gamma, beta, eps, false)
-    } else {
-        reference::group_norm(x, groups, gamma, beta, eps)
-    }
+    profile::timed(
+        "group_norm",
+        || (format!("{:?} g{groups}", x.dims()), 0.0),
+        || {
+            if fast(&[x, gamma, beta]) {
+                group_norm::group_norm(x, groups, gamma, beta, eps, false)
+            } else {
+                reference::group_norm(x, groups, gamma, beta, eps)
+            }
+        },
+    )
 }
 
 /// SiLU(GroupNorm(x)), fused where a fast kernel exists.
 pub fn group_norm_silu(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    if fast(&[x, gamma, beta]) {
-        group_norm::group_norm(x, groups, gamma, beta, eps, true)
-    } else {
-        reference::group_norm_silu(x, groups, gamma, beta, eps)
-    }
+    profile::timed(
+        "group_norm_silu",
+        || (format!("{:?} g{groups}", x.dims()), 0.0),
+        || {
+            if fast(&[x, gamma, beta]) {
+                group_norm::group_norm(x, groups, gamma, beta, eps, true)
+            } else {
+                reference::group_norm_silu(x, groups, gamma, beta, eps)
+            }
+        },
+    )
 }
 
 /// Layer normalisation over the last dimension with affine `gamma`, `beta` (beta optional).
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    if fast(&[x, gamma]) && beta.is_none_or(|b| fast(&[b])) {
-        layer_norm::layer_norm(x, gamma, beta, eps)
-    } else {
-        reference::layer_norm(x, gamma, beta, eps)
-    }
+    profile::timed(
+        "layer_norm",
+        || (format!("{:?}", x.dims()), 0.0),
+        || {
+            if fast(&[x, gamma]) && beta.is_none_or(|b| fast(&[b])) {
+                layer_norm::layer_norm(x, gamma, beta, eps)
+            } else {
+                reference::layer_norm(x, gamma, beta, eps)
+            }
+        },
+    )
 }
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if fast(&[x]) {
-        elementwise::softmax_last_dim(x)
-    } else {
-        reference::softmax_last_dim(x)
-    }
+    profile::timed(
+        "softmax",
+        || (format!("{:?}", x.dims()), 0.0),
+        || {
+            if fast(&[x]) {
+                elementwise::softmax_last_dim(x)
+            } else {
+                reference::softmax_last_dim(x)
+            }
+        },
+    )
 }
 
 /// Scaled dot-product attention softmax(Q Kᵀ · scale + mask) V.
@@ -173,27 +216,81 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// Without a mask, `f32` CPU inputs with equal leading dims run a tiled (flash-style) kernel that never
 /// materialises the N×M logits; with a mask the reference composition runs.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    if mask.is_none() && fast(&[q, k, v]) && attention::supported(q, k, v) {
-        attention::attention(q, k, v, scale)
-    } else {
-        reference::attention(q, k, v, scale, mask)
-    }
+    profile::timed(
+        "attention",
+        || attention_shape(q, k, v, mask.is_some()),
+        || {
+            if mask.is_none() && fast(&[q, k, v]) && attention::supported(q, k, v) {
+                attention::attention(q, k, v, scale)
+            } else {
+                reference::attention(q, k, v, scale, mask)
+            }
+        },
+    )
 }
 
 /// Nearest-neighbour upsampling by an integer factor in both spatial dimensions.
 pub fn upsample_nearest(x: &Tensor, factor: usize) -> Result<Tensor> {
-    if fast(&[x]) {
-        elementwise::upsample_nearest(x, factor)
-    } else {
-        reference::upsample_nearest(x, factor)
-    }
+    profile::timed(
+        "upsample_nearest",
+        || (format!("{:?} ×{factor}", x.dims()), 0.0),
+        || {
+            if fast(&[x]) {
+                elementwise::upsample_nearest(x, factor)
+            } else {
+                reference::upsample_nearest(x, factor)
+            }
+        },
+    )
 }
 
 /// SiLU(x) = x · sigmoid(x).
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    if fast(&[x]) {
-        elementwise::silu(x)
-    } else {
-        reference::silu(x)
+    profile::timed(
+        "silu",
+        || (format!("{:?}", x.dims()), 0.0),
+        || {
+            if fast(&[x]) {
+                elementwise::silu(x)
+            } else {
+                reference::silu(x)
+            }
+        },
+    )
+}
+
+/// Profile key and flop count of a convolution: `C_in→C_out k×k s @H×W (bB)`, 2·B·C_out·H_out·W_out·C_in·k².
+fn conv_shape(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> (String, f64) {
+    let (d, k) = (x.dims(), w.dims());
+    if d.len() != 4 || k.len() != 4 || stride == 0 {
+        return (format!("{d:?} * {k:?}"), 0.0);
     }
+    let (b, cin, h, wd, cout, kk) = (d[0], d[1], d[2], d[3], k[0], k[2]);
+    let ho = (h + 2 * padding).saturating_sub(kk) / stride + 1;
+    let wo = (wd + 2 * padding).saturating_sub(kk) / stride + 1;
+    let flops = 2.0 * (b * cout * ho * wo * cin * kk * kk) as f64;
+    (format!("{cin}→{cout} {kk}×{kk} s{stride} @{h}×{wd} (b{b})"), flops)
+}
+
+/// Profile key and flop count of a linear layer: `M×K→N`, 2·M·K·N.
+fn linear_shape(x: &Tensor, w: &Tensor) -> (String, f64) {
+    let (out, inp) = match w.dims() {
+        [o, i] => (*o, *i),
+        d => return (format!("{:?} · {d:?}", x.dims()), 0.0),
+    };
+    let m = x.elem_count() / inp.max(1);
+    (format!("{m}×{inp}→{out}"), 2.0 * (m * inp * out) as f64)
+}
+
+/// Profile key and flop count of attention: `B × (N×M) d D`, 2·B·N·M·(D + D_v).
+fn attention_shape(q: &Tensor, k: &Tensor, v: &Tensor, masked: bool) -> (String, f64) {
+    let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
+    if qd.len() < 2 || kd.len() < 2 || vd.is_empty() {
+        return (format!("{qd:?}"), 0.0);
+    }
+    let (n, d) = (qd[qd.len() - 2], qd[qd.len() - 1]);
+    let (m, dv) = (kd[kd.len() - 2], vd[vd.len() - 1]);
+    let b: usize = qd[..qd.len() - 2].iter().product();
+    let mask = if masked { " masked" } else { "" };
+    (format!("{b}×({n}×{m}) d{d}{mask}"), 2.0 * (b * n * m * (d + dv)) as f64)
 }

@@ -40,6 +40,53 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
+/// max x with 16 independent lanes (−∞ for an empty slice; NaN-ignoring like `maxps`, so it vectorises).
+#[inline(always)]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.iter().fold(rest, |m, &v| if v > m { v } else { m })
+}
+
+/// x ← e^(x − m) in place with the vectorisable [`exp`]; returns Σ e^(x − m) (16 lanes).
+#[inline(always)]
+pub(crate) fn exp_shift_sum(x: &mut [f32], m: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            c[i] = exp(c[i] - m);
+            acc[i] += c[i];
+        }
+    }
+    let mut rest = 0f32;
+    for v in chunks.into_remainder() {
+        *v = exp(*v - m);
+        rest += *v;
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Σ e^(x − m) without writing (16 lanes, the vectorisable [`exp`]).
+#[inline(always)]
+pub(crate) fn exp_shift_total(x: &[f32], m: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().map(|&v| exp(v - m)).sum();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += exp(c[i] - m);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
 /// Σ (x − m)² with 16 independent accumulators.
 #[inline(always)]
 pub(crate) fn sum_sq_dev(x: &[f32], m: f32) -> f32 {
@@ -133,6 +180,26 @@ mod tests {
         assert!(worst < 3e-7, "relative error {worst}");
         assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
         assert!(exp(1000.0) > 1e38 && exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn lane_max_and_exp_shift_sum_match_naive() {
+        for n in [0usize, 1, 15, 16, 17, 100, 256, 333] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173).collect();
+            let want = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&x), want, "n = {n}");
+            let mut y = x.clone();
+            let s = exp_shift_sum(&mut y, want);
+            let mut ws = 0f64;
+            for (a, b) in x.iter().zip(&y) {
+                let e = ((*a - want) as f64).exp();
+                ws += e;
+                assert!((*b as f64 - e).abs() <= 1e-6 * e.max(1e-30), "n = {n}: {b} vs {e}");
+            }
+            assert!((s as f64 - ws).abs() <= 1e-5 * ws.max(1.0), "n = {n}: {s} vs {ws}");
+            let t = exp_shift_total(&x, want);
+            assert!((t as f64 - ws).abs() <= 1e-5 * ws.max(1.0), "n = {n}: {t} vs {ws}");
+        }
     }
 
     #[test]

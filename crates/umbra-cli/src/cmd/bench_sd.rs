@@ -80,13 +80,14 @@ const UNET_HELP: &str = "Seconds per UNet2DConditionModel evaluation at a given 
 (a fast seeded fill of the architecture's parameters; no checkpoint needed). The UNet runs on the latent: \
 [batch, 4, res/8, res/8] with a [batch, 77, cross_attention_dim] text embedding, as one denoising step of \
 Stable Diffusion does (classifier-free guidance doubles the batch: use --batch 2 for that cost). \
-Prints the build time, each evaluation's time, the mean and the peak resident memory (VmHWM). \
-SD 1.5 in f32 needs about 3.4 GB for the weights alone.
+Prints the build time, each evaluation's time, the mean and the peak resident memory (VmHWM); --profile adds \
+a per-op table of one more evaluation. SD 1.5 in f32 needs about 3.4 GB for the weights alone.
 
 Examples:
   umbra bench unet --arch sd15 --res 512 --steps 2
   umbra bench unet --arch sd15 --res 512 --steps 2 --batch 2   # one classifier-free-guidance step
-  umbra bench unet --arch tiny --res 64 --steps 20 --threads 2";
+  umbra bench unet --arch tiny --res 64 --steps 20 --threads 2
+  umbra bench unet --arch sd15 --res 512 --steps 1 --batch 2 --profile   # where a guided step's time goes";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = UNET_HELP)]
@@ -103,6 +104,10 @@ pub struct UnetArgs {
     /// Batch size (2 = one classifier-free-guidance step).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// After the timed runs, one more with the kernel layer's per-op profile on: time per op and per shape
+    /// (convolutions, linears, attention, norms, copies), its share of the run and GFLOP/s, as Markdown.
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -114,7 +119,8 @@ resident memory (VmHWM). SD 1.5 and 2.1 share the same VAE architecture (83.65 M
 
 Examples:
   umbra bench vae --arch sd15 --res 512 --steps 2
-  umbra bench vae --arch tiny --res 64 --steps 10";
+  umbra bench vae --arch tiny --res 64 --steps 10
+  umbra bench vae --arch sd15 --res 512 --steps 1 --profile";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = VAE_HELP)]
@@ -131,6 +137,10 @@ pub struct VaeArgs {
     /// Batch size.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// After the timed runs, one more with the kernel layer's per-op profile on: time per op and per shape
+    /// (convolutions, linears, attention, norms, copies), its share of the run and GFLOP/s, as Markdown.
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -230,6 +240,25 @@ fn time_runs(steps: usize, label: &str, mut f: impl FnMut() -> Result<Tensor>) -
     Ok(times)
 }
 
+/// One more run of `f` with the per-op profile on; prints its Markdown table (the 15 slowest shapes).
+fn profile_run(label: &str, f: impl FnOnce() -> Result<Tensor>) -> Result<()> {
+    use umbra_kernels::profile;
+    profile::reset();
+    profile::set_enabled(true);
+    let t0 = Instant::now();
+    let out = f();
+    let total = t0.elapsed().as_secs_f64();
+    profile::set_enabled(false);
+    let s = out?.abs()?.mean_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    anyhow::ensure!(s.is_finite(), "the profiled run produced non-finite values");
+    println!(
+        "\nper-op profile of one {label} ({total:.3} s, {} rayon threads; CPU ops are eager, so each op's wall time is its cost):\n",
+        rayon::current_num_threads()
+    );
+    println!("{}", profile::markdown(&profile::snapshot(), total, 15));
+    Ok(())
+}
+
 fn report(what: &str, times: &[f64]) {
     for (i, t) in times.iter().enumerate() {
         println!("  evaluation {i}: {t:.3} s");
@@ -280,6 +309,9 @@ pub fn unet(a: UnetArgs) -> Result<()> {
     let t = Tensor::new(500i64, &dev)?;
     let times = time_runs(a.steps, "unet", || Ok(model.forward(&x, &t, Some(&ctx), None)?))?;
     report(&format!("UNet {:?} at {}x{} (latent {h}x{h}), batch {}", a.arch, a.res, a.res, a.batch), &times);
+    if a.profile {
+        profile_run("UNet evaluation", || Ok(model.forward(&x, &t, Some(&ctx), None)?))?;
+    }
     Ok(())
 }
 
@@ -310,6 +342,9 @@ pub fn vae(a: VaeArgs) -> Result<()> {
         autoencoder_kl::seeded_randn(&[a.batch, cfg.latent_channels, h, h], a.run.seed + 1, &dev)?.to_dtype(dtype)?;
     let times = time_runs(a.steps, "vae decode", || Ok(model.decode(&z)?))?;
     report(&format!("VAE {:?} decode at {}x{}, batch {}", a.arch, a.res, a.res, a.batch), &times);
+    if a.profile {
+        profile_run("VAE decode", || Ok(model.decode(&z)?))?;
+    }
     Ok(())
 }
 

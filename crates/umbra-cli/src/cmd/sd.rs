@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use umbra_nn::loading::StableDiffusion;
 use umbra_nn::tokenizer::ClipTokenizer;
 use umbra_sample::pipelines::infotext::{self, ImageMeta};
@@ -174,6 +174,15 @@ pub struct CommonArgs {
     /// Output PNG; with --batch N > 1, OUT-0.png ... OUT-{N-1}.png.
     #[arg(long, default_value = "txt2img.png")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    #[command(flatten)]
+    pub adapters: super::lora::AdapterArgs,
+}
+
+/// Where a pipeline's weights run and how they are fetched: shared by txt2img/img2img/inpaint and `serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WeightsArgs {
     /// cpu | cuda | cuda:N (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -187,8 +196,24 @@ pub struct CommonArgs {
     /// Hub downloads: access token for gated/private repos (default: $HF_TOKEN, then the HF token file).
     #[arg(long)]
     pub hf_token: Option<String>,
-    #[command(flatten)]
-    pub adapters: super::lora::AdapterArgs,
+}
+
+impl WeightsArgs {
+    /// The device and dtype (a dtype warning is printed), and the hub options for a download.
+    pub fn resolve(&self) -> Result<(Device, DType, umbra_nn::loading::hub::HubOptions)> {
+        let device = parse_device(&self.device)?;
+        let (dtype, warning) = parse_dtype(self.dtype.as_deref(), &device)?;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        let hub = umbra_nn::loading::hub::HubOptions {
+            token: self.hf_token.clone(),
+            variant: self.variant.clone(),
+            offline: umbra_nn::loading::hub::offline_from_env(),
+            progress: true,
+        };
+        Ok((device, dtype, hub))
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -247,22 +272,12 @@ pub struct TokenizeArgs {
 pub use umbra_sample::pipelines::load::{parse_device, parse_dtype};
 
 fn load(c: &CommonArgs) -> Result<(StableDiffusion, SchedulerConfig, SolverKind, String)> {
-    let device = parse_device(&c.device)?;
-    let (dtype, warning) = parse_dtype(c.dtype.as_deref(), &device)?;
-    if let Some(w) = warning {
-        eprintln!("warning: {w}");
-    }
+    let (device, dtype, hub) = c.weights.resolve()?;
     let overrides = SchedulerOverrides {
         prediction_type: c.prediction_type.as_deref().map(load::parse_prediction_type).transpose()?,
         timestep_spacing: c.timestep_spacing.as_deref().map(load::parse_timestep_spacing).transpose()?,
     };
     let solver = c.sampler.as_deref().map(load::parse_sd_solver).transpose()?;
-    let hub = umbra_nn::loading::hub::HubOptions {
-        token: c.hf_token.clone(),
-        variant: c.variant.clone(),
-        offline: umbra_nn::loading::hub::offline_from_env(),
-        progress: true,
-    };
     let src = PipelineSource { model: c.model.clone(), config_dir: c.config.clone(), device, dtype, hub };
     let t0 = Instant::now();
     let lp = load::load_pipeline(&src, &overrides)?;

@@ -83,26 +83,12 @@ pub struct Args {
     /// Override every model's timestep_spacing: leading | linspace | trailing.
     #[arg(long)]
     pub timestep_spacing: Option<String>,
-    /// cpu | cuda | cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// f32 | f16 | bf16 (default: f32 on CPU, f16 on CUDA).
-    #[arg(long)]
-    pub dtype: Option<String>,
-    /// Hub downloads: weight variant (e.g. fp16).
-    #[arg(long)]
-    pub variant: Option<String>,
-    /// Hub downloads: access token.
-    #[arg(long)]
-    pub hf_token: Option<String>,
+    #[command(flatten)]
+    pub weights: super::sd::WeightsArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let device = load::parse_device(&a.device)?;
-    let (dtype, warning) = load::parse_dtype(a.dtype.as_deref(), &device)?;
-    if let Some(w) = warning {
-        eprintln!("warning: {w}");
-    }
+    let (device, dtype, hub) = a.weights.resolve()?;
     let overrides = SchedulerOverrides {
         prediction_type: None,
         timestep_spacing: a.timestep_spacing.as_deref().map(load::parse_timestep_spacing).transpose()?,
@@ -130,13 +116,13 @@ pub fn run(a: Args) -> Result<()> {
     umbra_serve::lora::set_lora_dir(a.lora_dir.clone());
     let mut models = Vec::new();
     for m in &a.model {
-        let hub = umbra_nn::loading::hub::HubOptions {
-            token: a.hf_token.clone(),
-            variant: a.variant.clone(),
-            offline: umbra_nn::loading::hub::offline_from_env(),
-            progress: true,
+        let src = PipelineSource {
+            model: m.clone(),
+            config_dir: a.config.clone(),
+            device: device.clone(),
+            dtype,
+            hub: hub.clone(),
         };
-        let src = PipelineSource { model: m.clone(), config_dir: a.config.clone(), device: device.clone(), dtype, hub };
         let t0 = Instant::now();
         let lp = load::load_pipeline(&src, &overrides).with_context(|| format!("--model {m}"))?;
         eprintln!("loaded {} as {:?} in {:.1}s", lp.path.display(), lp.name, t0.elapsed().as_secs_f64());

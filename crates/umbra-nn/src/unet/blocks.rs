@@ -267,7 +267,11 @@ impl UpBlock {
         let mut h = x.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
             let skip = &skips[skips.len() - 1 - j];
-            h = Tensor::cat(&[&h, skip], 1)?;
+            h = umbra_kernels::profile::scope(
+                "skip_cat",
+                || format!("{:?} + {:?}", h.dims(), skip.dims()),
+                || Tensor::cat(&[&h, skip], 1),
+            )?;
             h = resnet.forward(&h, temb)?;
             if let Some(attn) = self.attentions.get(j) {
                 h = attn.forward(&h, context)?;

@@ -55,7 +55,17 @@ impl Attention {
     /// `[B, N, C] -> [B·heads, N, dim_head]`.
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
-        x.reshape((b, n, self.heads, self.dim_head))?.transpose(1, 2)?.reshape((b * self.heads, n, self.dim_head))
+        umbra_kernels::profile::scope(
+            "head_split",
+            || format!("{:?}", x.dims()),
+            || {
+                x.reshape((b, n, self.heads, self.dim_head))?.transpose(1, 2)?.reshape((
+                    b * self.heads,
+                    n,
+                    self.dim_head,
+                ))
+            },
+        )
     }
 
     /// `x: [B, N, query_dim]`, `context: [B, M, context_dim]` (or `None`: keys/values from `x`).
@@ -95,11 +105,17 @@ impl Attention {
         } else {
             umbra_kernels::attention(&q, &k, &v, scale, None)?
         };
-        let out = out.reshape((b, self.heads, n, self.dim_head))?.transpose(1, 2)?.reshape((
-            b,
-            n,
-            self.heads * self.dim_head,
-        ))?;
+        let out = umbra_kernels::profile::scope(
+            "head_merge",
+            || format!("{:?}", out.dims()),
+            || {
+                out.reshape((b, self.heads, n, self.dim_head))?.transpose(1, 2)?.reshape((
+                    b,
+                    n,
+                    self.heads * self.dim_head,
+                ))
+            },
+        )?;
         self.to_out.forward(&out)
     }
 }
@@ -258,7 +274,14 @@ impl Transformer2DModel {
         let (b, c, h, w) = x.dims4()?;
         let hs = self.norm.forward(x)?;
         let mut hs = match &self.proj_in {
-            Projection::Conv(conv) => conv.forward(&hs)?.permute((0, 2, 3, 1))?.reshape((b, h * w, self.inner_dim))?,
+            Projection::Conv(conv) => {
+                let y = conv.forward(&hs)?;
+                umbra_kernels::profile::scope(
+                    "to_tokens",
+                    || format!("{:?}", y.dims()),
+                    || y.permute((0, 2, 3, 1))?.reshape((b, h * w, self.inner_dim)),
+                )?
+            }
             Projection::Linear(lin) => lin.forward(&hs.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)?,
         };
         for block in &self.transformer_blocks {
@@ -266,7 +289,12 @@ impl Transformer2DModel {
         }
         let out = match &self.proj_out {
             Projection::Conv(conv) => {
-                conv.forward(&hs.reshape((b, h, w, self.inner_dim))?.permute((0, 3, 1, 2))?.contiguous()?)?
+                let y = umbra_kernels::profile::scope(
+                    "from_tokens",
+                    || format!("{:?}", hs.dims()),
+                    || hs.reshape((b, h, w, self.inner_dim))?.permute((0, 3, 1, 2))?.contiguous(),
+                )?;
+                conv.forward(&y)?
             }
             Projection::Linear(lin) => lin.forward(&hs)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?,
         };

@@ -112,7 +112,7 @@ impl ImageMeta {
 }
 
 /// An 8-bit RGB PNG in memory (`rgb`: `height × width × 3` bytes) with `(keyword, text)` chunks (tEXt for
-/// Latin-1 values, iTXt otherwise), as [`super::png_text::write_png_with_text`] writes to a file.
+/// Latin-1 values, iTXt otherwise); [`super::png_text::write_png_with_text`] writes these bytes to a file.
 pub fn encode_png(width: u32, height: u32, rgb: &[u8], text: &[(String, String)]) -> Result<Vec<u8>> {
     if rgb.len() != (width as usize) * (height as usize) * 3 {
         return Err(PipelineError::Invalid(format!("{} bytes for a {width}x{height} RGB image", rgb.len())));

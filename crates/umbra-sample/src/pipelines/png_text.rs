@@ -1,37 +1,15 @@
 //! PNG files with the generation parameters in text chunks (tEXt for Latin-1 values, iTXt otherwise),
 //! readable by any PNG tool (`exiftool`, `identify -verbose`, Python's PIL `Image.info`).
 
-use std::io::BufWriter;
 use std::path::Path;
 
 use super::{PipelineError, Result};
 
-fn is_latin1(s: &str) -> bool {
-    s.chars().all(|c| (c as u32) < 256 && c != '\0')
-}
-
-/// Write an 8-bit RGB image (`rgb`: `height × width × 3` bytes) with `(keyword, text)` chunks.
+/// Write an 8-bit RGB image (`rgb`: `height × width × 3` bytes) with `(keyword, text)` chunks: the bytes of
+/// [`super::infotext::encode_png`], written to `path`.
 pub fn write_png_with_text(path: &Path, width: u32, height: u32, rgb: &[u8], text: &[(String, String)]) -> Result<()> {
-    if rgb.len() != (width * height * 3) as usize {
-        return Err(PipelineError::Invalid(format!("{} bytes for a {width}x{height} RGB image", rgb.len())));
-    }
-    let io = |e: std::io::Error| PipelineError::Invalid(format!("cannot write {}: {e}", path.display()));
-    let png_err = |e: png::EncodingError| PipelineError::Invalid(format!("cannot encode {}: {e}", path.display()));
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), width, height);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    for (k, v) in text {
-        if is_latin1(v) {
-            enc.add_text_chunk(k.clone(), v.clone()).map_err(png_err)?;
-        } else {
-            enc.add_itxt_chunk(k.clone(), v.clone()).map_err(png_err)?;
-        }
-    }
-    let mut w = enc.write_header().map_err(png_err)?;
-    w.write_image_data(rgb).map_err(png_err)?;
-    w.finish().map_err(png_err)?;
-    Ok(())
+    let bytes = super::infotext::encode_png(width, height, rgb, text)?;
+    std::fs::write(path, bytes).map_err(|e| PipelineError::Invalid(format!("cannot write {}: {e}", path.display())))
 }
 
 /// The text chunks of a PNG file (tEXt and iTXt), in file order.

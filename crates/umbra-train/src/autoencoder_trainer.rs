@@ -16,7 +16,7 @@
 //! posterior *samples* z ~ q(z|x) over the training set (std over all elements around their mean), as LDM's
 //! `scale_by_std` chose SD's 0.18215 from the latents the diffusion model is trained on.
 
-use crate::checkpoint::{load_varmap, varmap_tensors, Checkpoint};
+use crate::checkpoint::{varmap_tensors, Checkpoint};
 use crate::ema::Ema;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::trainer::{LoopConfig, Objective};
@@ -337,29 +337,15 @@ impl AutoencoderTrainer {
         device: &Device,
         steps: Option<u64>,
     ) -> Result<Self, TrainError> {
-        let ck = Checkpoint::load_kind(path, device, &[KIND])?;
-        let mut cfg: AutoencoderConfig = ck.config_as()?;
-        if let Some(s) = steps {
-            cfg.steps = s;
-        }
+        let (ck, cfg) = Checkpoint::for_resume(path, device, KIND, steps, |c: &mut AutoencoderConfig, s| c.steps = s)?;
         let mut t = Self::new(cfg, train, test, device)?;
-        load_varmap(&t.varmap, &ck.with_prefix("model."))?;
-        t.step = ck.restore_training(&mut t.opt, t.ema.as_mut())?;
+        t.step = ck.restore_run(&t.varmap, &mut t.opt, t.ema.as_mut())?;
         Ok(t)
     }
 
     /// The run's checkpoint: weights (`model.`), optimizer moments (`optim.`), EMA (`ema.`), step.
     pub fn checkpoint(&self) -> Result<Checkpoint, TrainError> {
-        let cfg = serde_json::to_value(&self.config).map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let mut ck = Checkpoint::new(KIND, cfg);
-        ck.insert_all("model.", varmap_tensors(&self.varmap)?);
-        ck.insert_all("optim.", self.opt.state_tensors());
-        if let Some(e) = &self.ema {
-            ck.insert_all("ema.", e.shadow.clone());
-        }
-        ck.state = serde_json::json!({ "step": self.step, "optimizer_t": self.opt.step_count(),
-            "ema_updates": self.ema.as_ref().map_or(0, |e| e.updates), "seed": self.config.seed });
-        Ok(ck)
+        Checkpoint::of_run(KIND, &self.config, &self.varmap, &self.opt, self.ema.as_ref(), self.step, self.config.seed)
     }
 
     /// Training images `idx` as a batch in [−1, 1].

@@ -228,6 +228,58 @@ impl Checkpoint {
         Ok(step)
     }
 
+    /// The checkpoint of a training run: `config`, the weights (`model.`), AdamW's moments (`optim.`), the EMA
+    /// shadow (`ema.`, when the run keeps one) and the counters [`Checkpoint::restore_run`] reads back.
+    pub fn of_run(
+        kind: &str,
+        config: &impl serde::Serialize,
+        varmap: &VarMap,
+        opt: &crate::optim::AdamW,
+        ema: Option<&crate::ema::Ema>,
+        step: u64,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
+        let cfg = serde_json::to_value(config).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let mut ck = Checkpoint::new(kind, cfg);
+        ck.insert_all("model.", varmap_tensors(varmap)?);
+        ck.insert_all("optim.", opt.state_tensors());
+        if let Some(e) = ema {
+            ck.insert_all("ema.", e.shadow.clone());
+        }
+        ck.state = serde_json::json!({ "step": step, "optimizer_t": opt.step_count(),
+            "ema_updates": ema.map_or(0, |e| e.updates), "seed": seed });
+        Ok(ck)
+    }
+
+    /// The checkpoint of a run of `kind` to resume, and its config; `steps`, when given, becomes the step budget
+    /// through `set_steps`.
+    pub fn for_resume<C: serde::de::DeserializeOwned>(
+        path: &Path,
+        device: &Device,
+        kind: &str,
+        steps: Option<u64>,
+        set_steps: impl FnOnce(&mut C, u64),
+    ) -> Result<(Self, C), TrainError> {
+        let ck = Checkpoint::load_kind(path, device, &[kind])?;
+        let mut cfg: C = ck.config_as()?;
+        if let Some(s) = steps {
+            set_steps(&mut cfg, s);
+        }
+        Ok((ck, cfg))
+    }
+
+    /// Load a resumed run's weights (`model.`) into `varmap`, then its optimizer and EMA state
+    /// ([`Checkpoint::restore_training`]); returns the step.
+    pub fn restore_run(
+        &self,
+        varmap: &VarMap,
+        opt: &mut crate::optim::AdamW,
+        ema: Option<&mut crate::ema::Ema>,
+    ) -> Result<u64, TrainError> {
+        load_varmap(varmap, &self.with_prefix("model."))?;
+        self.restore_training(opt, ema)
+    }
+
     /// The config deserialised into `T`, with a clear error when it does not fit.
     pub fn config_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, TrainError> {
         serde_json::from_value(self.config.clone()).map_err(|e| {

@@ -196,20 +196,16 @@ impl ClassifierTrainer {
     /// Restore weights, optimizer moments and step from `path` (a run folder); `steps`, if given, replaces
     /// the step budget.
     pub fn resume(path: &Path, device: &Device, steps: Option<u64>) -> Result<Self, TrainError> {
-        let ck = Checkpoint::load_kind(path, device, &[KIND])?;
-        let mut cfg: ClassifierTrainConfig = ck.config_as()?;
-        if let Some(s) = steps {
-            cfg.steps = s;
-        }
+        let (ck, cfg) =
+            Checkpoint::for_resume(path, device, KIND, steps, |c: &mut ClassifierTrainConfig, s| c.steps = s)?;
         let mut t = Self::new(cfg, device)?;
-        load_varmap(&t.model.varmap, &ck.with_prefix("model."))?;
         if ck.with_prefix("optim.").is_empty() {
             return Err(TrainError::Missing(format!(
                 "{} has no optimizer state (written before `--resume` existed); train it again without --resume",
                 path.display()
             )));
         }
-        t.step = ck.restore_training(&mut t.opt, None)?;
+        t.step = ck.restore_run(&t.model.varmap, &mut t.opt, None)?;
         Ok(t)
     }
 

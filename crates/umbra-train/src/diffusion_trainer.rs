@@ -15,7 +15,7 @@
 //! Every random draw of step k comes from a generator seeded by (seed, k), and the data order from
 //! (seed, epoch), so a run resumed from a checkpoint equals an uninterrupted one.
 
-use crate::checkpoint::{load_varmap, varmap_tensors, Checkpoint};
+use crate::checkpoint::Checkpoint;
 use crate::ema::Ema;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::trainer::{LoopConfig, Objective, TrainSummary, Trainer};
@@ -120,17 +120,12 @@ impl DiffusionTrainer {
 
     /// Restore weights, optimizer moments, EMA and step; `steps`, if given, replaces the step budget.
     pub fn resume(path: &Path, device: &Device, steps: Option<u64>) -> Result<Self, TrainError> {
-        let ck = Checkpoint::load_kind(path, device, &[KIND])?;
-        let mut cfg: DiffusionConfig = ck.config_as()?;
-        if let Some(s) = steps {
-            cfg.steps = s;
-        }
+        let (ck, cfg) = Checkpoint::for_resume(path, device, KIND, steps, |c: &mut DiffusionConfig, s| c.steps = s)?;
         let mut t = Self::new(cfg, device)?;
-        load_varmap(&t.varmap, &ck.with_prefix("model."))?;
         if let Some(g) = &t.gamma {
             g.load(&ck.with_prefix("gamma.")).map_err(|e| TrainError::Mismatch(e.to_string()))?;
         }
-        t.step = ck.restore_training(&mut t.opt, Some(&mut t.ema))?;
+        t.step = ck.restore_run(&t.varmap, &mut t.opt, Some(&mut t.ema))?;
         Ok(t)
     }
 
@@ -146,16 +141,18 @@ impl DiffusionTrainer {
     }
 
     pub fn checkpoint(&self) -> Result<Checkpoint, TrainError> {
-        let cfg = serde_json::to_value(&self.config).map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let mut ck = Checkpoint::new(KIND, cfg);
-        ck.insert_all("model.", varmap_tensors(&self.varmap)?);
-        ck.insert_all("ema.", self.ema.shadow.clone());
-        ck.insert_all("optim.", self.opt.state_tensors());
+        let mut ck = Checkpoint::of_run(
+            KIND,
+            &self.config,
+            &self.varmap,
+            &self.opt,
+            Some(&self.ema),
+            self.step,
+            self.config.seed,
+        )?;
         if let Some(g) = &self.gamma {
             ck.insert_all("gamma.", g.tensors().map_err(|e| TrainError::Invalid(e.to_string()))?);
         }
-        ck.state = serde_json::json!({ "step": self.step, "optimizer_t": self.opt.step_count(),
-            "ema_updates": self.ema.updates, "seed": self.config.seed });
         Ok(ck)
     }
 

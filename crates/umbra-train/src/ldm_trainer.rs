@@ -285,27 +285,15 @@ impl LdmTrainer {
         device: &Device,
         steps: Option<u64>,
     ) -> Result<Self, TrainError> {
-        let ck = Checkpoint::load_kind(path, device, &[KIND])?;
-        let mut cfg: LdmConfig = ck.config_as()?;
-        if let Some(s) = steps {
-            cfg.steps = s;
-        }
+        let (ck, mut cfg) = Checkpoint::for_resume(path, device, KIND, steps, |c: &mut LdmConfig, s| c.steps = s)?;
         cfg.init_from = None; // the checkpoint's weights replace the initial ones anyway
         let mut t = Self::new(cfg, images, captions, device)?;
-        load_varmap(&t.varmap, &ck.with_prefix("model."))?;
-        t.step = ck.restore_training(&mut t.opt, Some(&mut t.ema))?;
+        t.step = ck.restore_run(&t.varmap, &mut t.opt, Some(&mut t.ema))?;
         Ok(t)
     }
 
     pub fn checkpoint(&self) -> Result<Checkpoint, TrainError> {
-        let cfg = serde_json::to_value(&self.config).map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let mut ck = Checkpoint::new(KIND, cfg);
-        ck.insert_all("model.", varmap_tensors(&self.varmap)?);
-        ck.insert_all("ema.", self.ema.shadow.clone());
-        ck.insert_all("optim.", self.opt.state_tensors());
-        ck.state = serde_json::json!({ "step": self.step, "optimizer_t": self.opt.step_count(),
-            "ema_updates": self.ema.updates, "seed": self.config.seed });
-        Ok(ck)
+        Checkpoint::of_run(KIND, &self.config, &self.varmap, &self.opt, Some(&self.ema), self.step, self.config.seed)
     }
 
     /// The draws of step `step` for a batch of `b` examples: t, ε (+ offset noise), the caption-drop coins.

@@ -34,7 +34,7 @@ use umbra_nn::unet::UNet2DConditionModel;
 use umbra_sample::pipelines::{txt2img, GenerationParams};
 use umbra_sample::{SchedulerConfig, SolverKind};
 
-use crate::checkpoint::{load_varmap, varmap_tensors, Checkpoint};
+use crate::checkpoint::{varmap_tensors, Checkpoint};
 use crate::ema::Ema;
 use crate::ldm_trainer::{encode_latents, tokenize_captions, Captions};
 use crate::optim::{AdamW, AdamWConfig};
@@ -227,28 +227,14 @@ impl LoraTrainer {
         device: &Device,
         steps: Option<u64>,
     ) -> Result<Self, TrainError> {
-        let ck = Checkpoint::load_kind(path, device, &[KIND])?;
-        let mut cfg: LoraTrainConfig = ck.config_as()?;
-        if let Some(s) = steps {
-            cfg.steps = s;
-        }
+        let (ck, cfg) = Checkpoint::for_resume(path, device, KIND, steps, |c: &mut LoraTrainConfig, s| c.steps = s)?;
         let mut t = Self::new(cfg, images, captions, device)?;
-        load_varmap(&t.varmap, &ck.with_prefix("model."))?;
-        t.step = ck.restore_training(&mut t.opt, t.ema.as_mut())?;
+        t.step = ck.restore_run(&t.varmap, &mut t.opt, t.ema.as_mut())?;
         Ok(t)
     }
 
     pub fn checkpoint(&self) -> Result<Checkpoint, TrainError> {
-        let cfg = serde_json::to_value(&self.config).map_err(|e| TrainError::Invalid(e.to_string()))?;
-        let mut ck = Checkpoint::new(KIND, cfg);
-        ck.insert_all("model.", varmap_tensors(&self.varmap)?);
-        if let Some(e) = &self.ema {
-            ck.insert_all("ema.", e.shadow.clone());
-        }
-        ck.insert_all("optim.", self.opt.state_tensors());
-        ck.state = serde_json::json!({ "step": self.step, "optimizer_t": self.opt.step_count(),
-            "ema_updates": self.ema.as_ref().map(|e| e.updates).unwrap_or(0), "seed": self.config.seed });
-        Ok(ck)
+        Checkpoint::of_run(KIND, &self.config, &self.varmap, &self.opt, self.ema.as_ref(), self.step, self.config.seed)
     }
 
     /// s = α / r.

@@ -275,14 +275,10 @@ impl RecognizerTrainer {
 
     /// Restore weights, optimizer moments and step from a run folder; `steps`, if given, replaces the budget.
     pub fn resume(path: &Path, device: &Device, steps: Option<u64>) -> Result<Self, TrainError> {
-        let ck = Checkpoint::load_kind(path, device, &[KIND])?;
-        let mut cfg: RecognizerTrainConfig = ck.config_as()?;
-        if let Some(s) = steps {
-            cfg.steps = s;
-        }
+        let (ck, cfg) =
+            Checkpoint::for_resume(path, device, KIND, steps, |c: &mut RecognizerTrainConfig, s| c.steps = s)?;
         let mut t = Self::new(cfg, device)?;
-        load_varmap(&t.model.varmap, &ck.with_prefix("model."))?;
-        t.step = ck.restore_training(&mut t.opt, None)?;
+        t.step = ck.restore_run(&t.model.varmap, &mut t.opt, None)?;
         Ok(t)
     }
 

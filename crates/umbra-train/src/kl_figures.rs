@@ -158,8 +158,11 @@ struct View2d {
     x: (f64, f64),
     y: (f64, f64),
     size: (u32, u32),
-    contours: Vec<(f64, Vec<[(f64, f64); 2]>)>,
+    contours: Vec<(f64, Vec<Segment>)>,
 }
+
+/// One line segment of a contour.
+type Segment = [(f64, f64); 2];
 
 /// Mass fractions of p's highest-density regions drawn as contours.
 const HDR_MASS: [f64; 5] = [0.25, 0.5, 0.75, 0.9, 0.99];
@@ -254,8 +257,8 @@ fn marching_squares(
                 4 => {
                     // Saddle: cut off each corner on the other side from the center.
                     let center_above = c.iter().sum::<f64>() / 4.0 >= level;
-                    for k in 0..4 {
-                        if above[k] != center_above {
+                    for (k, &corner_above) in above.iter().enumerate() {
+                        if corner_above != center_above {
                             // Corner k touches edges k (to k+1) and k−1 (from k−1).
                             let e1 = k;
                             let e0 = (k + 3) % 4;

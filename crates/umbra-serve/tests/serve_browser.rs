@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -39,30 +39,12 @@ impl Cdp {
             }
         }
     }
+}
 
+impl Page for Cdp {
     fn eval(&mut self, js: &str) -> Value {
         let r = self.call("Runtime.evaluate", json!({"expression": js, "returnByValue": true}));
         r["result"]["value"].clone()
-    }
-
-    fn wait_for(&mut self, what: &str, js: &str, secs: u64) -> Value {
-        let t0 = Instant::now();
-        loop {
-            let v = self.eval(js);
-            if v.as_bool() == Some(true) || (!v.is_null() && v.as_bool().is_none() && v != json!("")) {
-                return v;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -130,7 +112,7 @@ fn the_web_ui_generates_shows_progress_and_cancels_in_chromium() {
     let mut cdp = Cdp::connect(devtools, &page);
     cdp.call("Page.enable", json!({}));
     cdp.call("Page.navigate", json!({"url": srv.url()}));
-    cdp.wait_for("the model list", "document.querySelector('#model') && document.querySelector('#model').options.length > 0 && document.querySelector('#sampler').options.length > 1", 30);
+    cdp.wait_for("the model list", "!!(document.querySelector('#model') && document.querySelector('#model').options.length > 0 && document.querySelector('#sampler').options.length > 1)", 30);
     // Type a prompt and generate with Ctrl+Enter; sample the progress bar while it runs.
     cdp.eval("document.querySelector('#prompt').focus()");
     cdp.call("Input.insertText", json!({"text": "a photo of a cat"}));
@@ -143,42 +125,7 @@ fn the_web_ui_generates_shows_progress_and_cancels_in_chromium() {
         "Input.dispatchKeyEvent",
         json!({"type": "keyUp", "key": "Enter", "code": "Enter", "modifiers": 2, "windowsVirtualKeyCode": 13}),
     );
-    let mut widths = Vec::new();
-    let t0 = Instant::now();
-    loop {
-        let w = cdp.eval("parseFloat(document.querySelector('#bar').style.width) || 0").as_f64().unwrap();
-        if widths.last() != Some(&w) {
-            widths.push(w);
-        }
-        if cdp.eval("document.querySelectorAll('#gallery img').length").as_u64() == Some(1) {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "no image after 60 s; bar widths {widths:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    eprintln!("progress bar widths seen: {widths:?}");
-    assert!(widths.iter().any(|&w| w > 0.0 && w < 100.0), "the bar never showed partial progress: {widths:?}");
-    assert!(widths.windows(2).all(|p| p[1] >= p[0]), "the bar went backwards: {widths:?}");
-    let status = cdp.eval("document.querySelector('#status').textContent");
-    assert!(status.as_str().unwrap().contains("seeds 7"), "{status}");
-    let caption = cdp.eval("document.querySelector('#gallery figcaption').textContent");
-    assert!(caption.as_str().unwrap().contains("Seed: 7"), "{caption}");
-    let natural = cdp.eval("document.querySelector('#gallery img').naturalWidth");
-    assert_eq!(natural, json!(64));
-    // Click-to-reuse restores the seed.
-    cdp.eval("document.getElementById('seed').value = 1; document.querySelector('#gallery figure').click(); true");
-    assert_eq!(cdp.eval("document.getElementById('seed').value"), json!("7"));
-    // A long job, cancelled from the UI.
-    cdp.eval("document.getElementById('steps').value = 150; document.getElementById('generate').click(); true");
-    cdp.wait_for(
-        "the long job to make progress",
-        "parseFloat(document.querySelector('#bar').style.width) > 0 && !document.getElementById('cancel').disabled",
-        30,
-    );
-    cdp.eval("document.getElementById('cancel').click(); true");
-    cdp.wait_for("the cancellation", "document.querySelector('#status').textContent.startsWith('cancelled')", 30);
-    assert_eq!(cdp.eval("document.querySelectorAll('#gallery img').length"), json!(1));
-    assert_eq!(cdp.eval("document.getElementById('generate').disabled"), json!(false));
+    check_generation_and_cancel(&mut cdp);
     // Screenshot of the final page.
     let shot = cdp.call("Page.captureScreenshot", json!({"format": "png"}));
     let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();

@@ -7,8 +7,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use base64::Engine;
 use common::ws::WebSocket;
@@ -36,21 +36,6 @@ impl Bidi {
         }
     }
 
-    fn eval(&mut self, js: &str) -> Value {
-        let target = json!({"context": self.context});
-        let r = self.call("script.evaluate", json!({"expression": js, "target": target, "awaitPromise": false}));
-        assert_eq!(r["type"], "success", "{js}: {r}");
-        r["result"]["value"].clone()
-    }
-
-    fn wait_for(&mut self, what: &str, js: &str, secs: u64) {
-        let t0 = Instant::now();
-        while self.eval(js) != json!(true) {
-            assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     /// Key events (WebDriver key values: "\u{E009}" Control, "\u{E007}" Enter).
     fn keys(&mut self, actions: Vec<Value>) {
         let ctx = self.context.clone();
@@ -62,11 +47,12 @@ impl Bidi {
     }
 }
 
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Page for Bidi {
+    fn eval(&mut self, js: &str) -> Value {
+        let target = json!({"context": self.context});
+        let r = self.call("script.evaluate", json!({"expression": js, "target": target, "awaitPromise": false}));
+        assert_eq!(r["type"], "success", "{js}: {r}");
+        r["result"]["value"].clone()
     }
 }
 
@@ -141,42 +127,7 @@ fn the_web_ui_generates_shows_progress_and_cancels_in_firefox() {
         json!({"type": "keyUp", "value": "\u{E007}"}),
         json!({"type": "keyUp", "value": "\u{E009}"}),
     ]);
-    let mut widths = Vec::new();
-    let t0 = Instant::now();
-    loop {
-        let w = b.eval("parseFloat(document.querySelector('#bar').style.width) || 0").as_f64().unwrap();
-        if widths.last() != Some(&w) {
-            widths.push(w);
-        }
-        if b.eval("document.querySelectorAll('#gallery img').length").as_u64() == Some(1) {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "no image after 60 s; bar widths {widths:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    eprintln!("progress bar widths seen: {widths:?}");
-    assert!(widths.iter().any(|&w| w > 0.0 && w < 100.0), "the bar never showed partial progress: {widths:?}");
-    assert!(widths.windows(2).all(|p| p[1] >= p[0]), "the bar went backwards: {widths:?}");
-    let status = b.eval("document.querySelector('#status').textContent");
-    assert!(status.as_str().unwrap().contains("seeds 7"), "{status}");
-    let caption = b.eval("document.querySelector('#gallery figcaption').textContent");
-    assert!(caption.as_str().unwrap().contains("Seed: 7"), "{caption}");
-    b.wait_for("the image to decode", "document.querySelector('#gallery img').complete", 10);
-    assert_eq!(b.eval("document.querySelector('#gallery img').naturalWidth"), json!(64));
-    // Click-to-reuse restores the seed.
-    b.eval("document.getElementById('seed').value = 1; document.querySelector('#gallery figure').click(); true");
-    assert_eq!(b.eval("document.getElementById('seed').value"), json!("7"));
-    // A long job, cancelled from the UI.
-    b.eval("document.getElementById('steps').value = 150; document.getElementById('generate').click(); true");
-    b.wait_for(
-        "the long job to make progress",
-        "parseFloat(document.querySelector('#bar').style.width) > 0 && !document.getElementById('cancel').disabled",
-        30,
-    );
-    b.eval("document.getElementById('cancel').click(); true");
-    b.wait_for("the cancellation", "document.querySelector('#status').textContent.startsWith('cancelled')", 30);
-    assert_eq!(b.eval("document.querySelectorAll('#gallery img').length"), json!(1));
-    assert_eq!(b.eval("document.getElementById('generate').disabled"), json!(false));
+    check_generation_and_cancel(&mut b);
     let shot = b.call("browsingContext.captureScreenshot", json!({"context": ctx}));
     let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
     let path = out.join("ui.png");

@@ -201,3 +201,72 @@ pub fn png(w: u32, h: u32, mask: bool) -> Vec<u8> {
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
 }
+
+/// A browser page the web-UI tests drive: Chromium over CDP (`serve_browser`), Firefox over WebDriver BiDi
+/// (`serve_firefox`). The scenario below is written once against it.
+pub trait Page {
+    /// Evaluate `js` in the page; its value as JSON.
+    fn eval(&mut self, js: &str) -> serde_json::Value;
+
+    /// Poll `js` until it evaluates to `true`; panics after `secs` seconds naming `what`.
+    fn wait_for(&mut self, what: &str, js: &str, secs: u64) {
+        let t0 = std::time::Instant::now();
+        while self.eval(js) != serde_json::json!(true) {
+            assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The web UI after a generate with seed 7 at 64×64 was started: the progress bar only moves forward and shows
+/// partial progress, one image arrives with its seed in the status and caption, clicking it restores the seed,
+/// and a long job is cancelled from the UI (the gallery keeps the first image, Generate is enabled again).
+pub fn check_generation_and_cancel(p: &mut impl Page) {
+    use serde_json::json;
+    let mut widths = Vec::new();
+    let t0 = std::time::Instant::now();
+    loop {
+        let w = p.eval("parseFloat(document.querySelector('#bar').style.width) || 0").as_f64().unwrap();
+        if widths.last() != Some(&w) {
+            widths.push(w);
+        }
+        if p.eval("document.querySelectorAll('#gallery img').length").as_u64() == Some(1) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no image after 60 s; bar widths {widths:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("progress bar widths seen: {widths:?}");
+    assert!(widths.iter().any(|&w| w > 0.0 && w < 100.0), "the bar never showed partial progress: {widths:?}");
+    assert!(widths.windows(2).all(|p| p[1] >= p[0]), "the bar went backwards: {widths:?}");
+    let status = p.eval("document.querySelector('#status').textContent");
+    assert!(status.as_str().unwrap().contains("seeds 7"), "{status}");
+    let caption = p.eval("document.querySelector('#gallery figcaption').textContent");
+    assert!(caption.as_str().unwrap().contains("Seed: 7"), "{caption}");
+    p.wait_for("the image to decode", "document.querySelector('#gallery img').complete", 10);
+    assert_eq!(p.eval("document.querySelector('#gallery img').naturalWidth"), json!(64));
+    // Click-to-reuse restores the seed.
+    p.eval("document.getElementById('seed').value = 1; document.querySelector('#gallery figure').click(); true");
+    assert_eq!(p.eval("document.getElementById('seed').value"), json!("7"));
+    // A long job, cancelled from the UI.
+    p.eval("document.getElementById('steps').value = 150; document.getElementById('generate').click(); true");
+    p.wait_for(
+        "the long job to make progress",
+        "parseFloat(document.querySelector('#bar').style.width) > 0 && !document.getElementById('cancel').disabled",
+        30,
+    );
+    p.eval("document.getElementById('cancel').click(); true");
+    p.wait_for("the cancellation", "document.querySelector('#status').textContent.startsWith('cancelled')", 30);
+    assert_eq!(p.eval("document.querySelectorAll('#gallery img').length"), json!(1));
+    assert_eq!(p.eval("document.getElementById('generate').disabled"), json!(false));
+}
+
+/// A child process (the browser) killed and reaped when the test ends, however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

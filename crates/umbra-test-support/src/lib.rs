@@ -19,13 +19,17 @@ pub fn shared_path(rel: &str) -> PathBuf {
 /// `../shared/<rel>` when `<rel>/<needs>` exists there; otherwise prints `SKIPPED: ../shared/<rel> not found`
 /// and returns `None`.
 pub fn shared_or_skip(rel: &str, needs: &str) -> Option<PathBuf> {
-    let p = shared_path(rel);
-    if p.join(needs).exists() {
-        Some(p)
-    } else {
+    let found = find_shared(rel, needs);
+    if found.is_none() {
         skipped(&format!("../shared/{rel} not found (needs {needs})"));
-        None
     }
+    found
+}
+
+/// `../shared/<rel>` when `<rel>/<needs>` exists there.
+fn find_shared(rel: &str, needs: &str) -> Option<PathBuf> {
+    let p = shared_path(rel);
+    p.join(needs).exists().then_some(p)
 }
 
 /// The tiny SD 1.x reference (`../shared/reference/tiny-sd-v1`) when `needs` (a file or folder inside it) is
@@ -46,6 +50,6 @@ mod tests {
         assert!(shared.ends_with("shared/reference/x"), "{}", shared.display());
         let beside = shared.parent().unwrap().parent().unwrap().parent().unwrap().canonicalize().unwrap();
         assert_eq!(beside, workspace.parent().unwrap());
-        assert!(super::shared_or_skip("no/such/folder", "x").is_none());
+        assert!(super::find_shared("no/such/folder", "x").is_none());
     }
 }

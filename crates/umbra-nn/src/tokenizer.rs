@@ -174,6 +174,12 @@ fn py_json_str(s: &str) -> String {
 /// per line), `tokenizer_config.json` and `special_tokens_map.json` (SD 1.x: pad = `<|endoftext|>`,
 /// 77 positions). Returns the written paths.
 pub fn write_builtin_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    write_builtin_files_with_max_length(dir, MAX_LENGTH)
+}
+
+/// [`write_builtin_files`] with `model_max_length` = `max_length` in `tokenizer_config.json` (the padded length
+/// pipelines frame prompts to; a model trained on short captions can use fewer than CLIP's 77).
+pub fn write_builtin_files_with_max_length(dir: &Path, max_length: usize) -> Result<Vec<PathBuf>> {
     let (vocab, merges) = builtin_vocab_merges()?;
     let werr = |p: &Path, e: std::io::Error| TokenizerError::Write { path: p.to_path_buf(), msg: e.to_string() };
     std::fs::create_dir_all(dir).map_err(|e| werr(dir, e))?;
@@ -203,7 +209,7 @@ pub fn write_builtin_files(dir: &Path) -> Result<Vec<PathBuf>> {
         "do_lower_case": true,
         "eos_token": EOS_TOKEN,
         "errors": "replace",
-        "model_max_length": MAX_LENGTH,
+        "model_max_length": max_length,
         "pad_token": EOS_TOKEN,
         "tokenizer_class": "CLIPTokenizer",
         "unk_token": EOS_TOKEN,

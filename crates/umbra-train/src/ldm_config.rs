@@ -48,6 +48,11 @@ pub struct LdmConfig {
     pub autoencoder: String,
     pub unet: UNetConfig,
     pub text_encoder: TextEncoderMode,
+    /// Tokens per prompt, padding included, for a jointly trained text encoder (None: CLIP's 77). Fewer padding
+    /// tokens leave the words more of the UNet's cross-attention; the pipeline's tokenizer gets this
+    /// `model_max_length`, so diffusers frames prompts the same way.
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
     /// Fine-tune this diffusers pipeline folder's UNet (the run's `unet` config is then its config).
     #[serde(default)]
     pub init_from: Option<String>,
@@ -132,6 +137,7 @@ impl LdmConfig {
             unet: small_unet_config(latent_channels, latent_size, 64),
             text_encoder: TextEncoderMode::Joint { config: small_text_config(64, 2) },
             init_from: None,
+            max_tokens: None,
             prediction_type: Parameterization::Epsilon,
             min_snr_gamma: None,
             offset_noise: 0.0,
@@ -177,6 +183,16 @@ impl LdmConfig {
             return bad(format!("--offset-noise must be in [0, 1) (0.05–0.1 is typical), got {}", self.offset_noise));
         }
         self.unet.validate().map_err(|e| TrainError::Invalid(format!("UNet config: {e}")))?;
+        if let Some(m) = self.max_tokens {
+            if !matches!(self.text_encoder, TextEncoderMode::Joint { .. }) {
+                return bad("--max-tokens applies to a jointly trained text encoder only (a pretrained one keeps its tokenizer)".into());
+            }
+            if !(3..=77).contains(&m) {
+                return bad(format!(
+                    "--max-tokens must be in 3..=77 (BOS, at least one word, EOS; CLIP has 77 positions), got {m}"
+                ));
+            }
+        }
         if let TextEncoderMode::Joint { config } = &self.text_encoder {
             if config.max_position_embeddings < 77 {
                 return bad("the text encoder needs 77 positions (CLIP's context)".into());

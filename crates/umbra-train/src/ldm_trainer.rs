@@ -204,7 +204,10 @@ impl LdmTrainer {
         let (text, text_trainable, tokenizer, tokenizer_dir) = match &config.text_encoder {
             TextEncoderMode::Joint { config: tc } => {
                 let t = ClipTextModel::new(vb.pp("text_encoder").pp("text_model"), tc)?;
-                let tok = ClipTokenizer::builtin().map_err(|e| TrainError::Invalid(e.to_string()))?;
+                let mut tok = ClipTokenizer::builtin().map_err(|e| TrainError::Invalid(e.to_string()))?;
+                if let Some(m) = config.max_tokens {
+                    tok = tok.with_max_length(m).map_err(|e| TrainError::Invalid(format!("--max-tokens: {e}")))?;
+                }
                 (t, true, tok, None)
             }
             TextEncoderMode::Frozen { dir } => {
@@ -438,7 +441,7 @@ impl LdmTrainer {
         };
         let tokenizer = match &self.tokenizer_dir {
             Some(d) => TokenizerSource::Copy(d.clone()),
-            None => TokenizerSource::Builtin,
+            None => TokenizerSource::Builtin { max_length: self.tokenizer.max_length },
         };
         let parts = PipelineParts {
             unet: Component::Write { config: pipeline_folder::unet_config_json(&self.config.unet), tensors: &u },

@@ -32,8 +32,9 @@ pub enum Component<'a> {
 /// Where the `tokenizer/` comes from.
 #[derive(Debug, Clone)]
 pub enum TokenizerSource {
-    /// umbra's built-in CLIP vocabulary ([`umbra_nn::tokenizer::write_builtin_files`]).
-    Builtin,
+    /// umbra's built-in CLIP vocabulary ([`umbra_nn::tokenizer::write_builtin_files`]) framed to `max_length`
+    /// tokens (CLIP's 77 unless the run chose fewer).
+    Builtin { max_length: usize },
     /// Copy this `tokenizer/` folder (a pretrained text encoder's own tokenizer).
     Copy(PathBuf),
 }
@@ -176,8 +177,8 @@ pub fn write_pipeline(dir: &Path, parts: &PipelineParts) -> Result<PathBuf, Trai
     write_component(&parts.vae, &tmp.join("vae"), None)?;
     write_component(&parts.text_encoder, &tmp.join("text_encoder"), Some(TRANSFORMERS_WEIGHTS))?;
     match &parts.tokenizer {
-        TokenizerSource::Builtin => {
-            umbra_nn::tokenizer::write_builtin_files(&tmp.join("tokenizer"))
+        TokenizerSource::Builtin { max_length } => {
+            umbra_nn::tokenizer::write_builtin_files_with_max_length(&tmp.join("tokenizer"), *max_length)
                 .map_err(|e| TrainError::Invalid(e.to_string()))?;
         }
         TokenizerSource::Copy(src) => copy_dir(src, &tmp.join("tokenizer"))?,

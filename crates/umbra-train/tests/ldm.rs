@@ -416,3 +416,39 @@ fn two_stage_bound_adds_up_and_falls_with_training() {
     assert!((a - b).abs() < 0.1 * b.abs().max(1.0), "strided {a} vs full {b}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn max_tokens_frames_training_and_the_written_tokenizer_alike() {
+    let d = tmp("max-tokens");
+    let vae = tiny_vae(&d);
+    let (x, caps) = tiny_data(8);
+    // Out of range, or with a pretrained encoder: refused before training, saying why.
+    let mut bad = tiny_config(&vae, 6);
+    bad.max_tokens = Some(2);
+    let e = LdmTrainer::new(bad, &x, &caps, &Device::Cpu).err().expect("max_tokens 2 refused").to_string();
+    assert!(e.contains("--max-tokens must be in 3..=77"), "{e}");
+    let mut frozen = tiny_config(&vae, 6);
+    frozen.max_tokens = Some(12);
+    frozen.text_encoder = TextEncoderMode::Frozen { dir: d.join("nowhere").display().to_string() };
+    let e = LdmTrainer::new(frozen, &x, &caps, &Device::Cpu).err().expect("frozen + max_tokens refused").to_string();
+    assert!(e.contains("jointly trained text encoder only"), "{e}");
+    // 12 tokens: the trainer frames captions to 12 ids, and the pipeline folder says model_max_length 12.
+    let mut cfg = tiny_config(&vae, 6);
+    cfg.max_tokens = Some(12);
+    let mut t = LdmTrainer::new(cfg, &x, &caps, &Device::Cpu).unwrap();
+    assert_eq!(t.tokenizer.max_length, 12);
+    assert_eq!(t.tokenizer.encode(&caps[0]).unwrap().len(), 12);
+    t.step_on(&[0, 1, 2, 3]).unwrap();
+    let dir = t.write_pipeline(&d.join("pipeline")).unwrap();
+    let tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer/tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(tc["model_max_length"], 12);
+    let disk = StableDiffusion::load(&dir, &LoadOptions::default()).unwrap();
+    assert_eq!(disk.tokenizer.max_length, 12);
+    let mem = t.ema_pipeline().unwrap();
+    let ids = Tensor::from_vec(disk.tokenizer.encode(&caps[0]).unwrap(), (1, 12), &Device::Cpu).unwrap();
+    let (cm, cd) = (mem.text_encoder.encode(&ids, 0).unwrap(), disk.text_encoder.encode(&ids, 0).unwrap());
+    assert_eq!(cd.dims(), &[1, 12, cd.dim(2).unwrap()]);
+    assert_eq!(max_diff(&cm, &cd), 0.0, "text embeddings differ");
+    let _ = std::fs::remove_dir_all(&d);
+}

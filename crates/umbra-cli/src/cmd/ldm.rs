@@ -97,6 +97,10 @@ pub struct TrainArgs {
     /// object only see what comes before them, so relations need depth).
     #[arg(long, default_value_t = 2)]
     pub text_layers: usize,
+    /// Tokens per prompt, padding included, for the jointly trained text encoder (default: CLIP's 77). The
+    /// pipeline's tokenizer gets this model_max_length. Fewer padding tokens leave the words more attention.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
     /// UNet channels per level, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "64,128")]
     pub unet_channels: Vec<usize>,
@@ -184,6 +188,7 @@ fn build_config(a: &TrainArgs, images: &candle_core::Tensor, captions: &[String]
         bail!("images are {h} pixels high, not a multiple of the autoencoder's downsampling factor {f}");
     }
     let mut c = LdmConfig::new(&a.data, h, &vdir.display().to_string(), vcfg.latent_channels, h / f, a.steps, a.seed);
+    c.max_tokens = a.max_tokens;
     let cross = match &text_mode {
         TextEncoderMode::Joint { config } => config.hidden_size,
         TextEncoderMode::Frozen { dir } => {

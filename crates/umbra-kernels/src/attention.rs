@@ -37,21 +37,26 @@ fn geom(q: &[usize], k: &[usize], v: &[usize]) -> Result<Geom> {
     Ok(Geom { bh: q[..r - 2].iter().product(), n, m, d, dv })
 }
 
+/// The running max of an online softmax (Milakov & Gimelshein 2018) after one more tile: m' = max(m, max s),
+/// and the factor e^(m − m') that rescales what was summed before (0 when m = −∞: no earlier tile).
+#[inline(always)]
+fn running_max(row: &[f32], m: f32) -> (f32, f32) {
+    let mnew = m.max(simd::max(row));
+    (mnew, if m == f32::NEG_INFINITY { 0.0 } else { simd::exp(m - mnew) })
+}
+
 multiversion! {
-    /// One online-softmax step on a row of logits (Milakov & Gimelshein 2018): m' = max(m, max s),
-    /// s ← e^(s − m') in place; returns (m', Σ s, e^(m − m')), the last 0 when m = −∞ (no earlier tile).
+    /// One online-softmax step on a row of logits: s ← e^(s − m') in place; returns (m', Σ s, e^(m − m')).
     fn softmax_step(row: &mut [f32], m: f32) -> (f32, f32, f32) {
-        let mnew = m.max(simd::max(row));
-        let corr = if m == f32::NEG_INFINITY { 0.0 } else { simd::exp(m - mnew) };
+        let (mnew, corr) = running_max(row, m);
         (mnew, simd::exp_shift_sum(row, mnew), corr)
     }
 }
 
 multiversion! {
-    /// The row's max m' = max(m, max s) and Σ e^(s − m') without writing the row; returns (m', Σ, e^(m − m')).
+    /// [`softmax_step`] without writing the row: returns (m', Σ e^(s − m'), e^(m − m')).
     fn softmax_stats(row: &[f32], m: f32) -> (f32, f32, f32) {
-        let mnew = m.max(simd::max(row));
-        let corr = if m == f32::NEG_INFINITY { 0.0 } else { simd::exp(m - mnew) };
+        let (mnew, corr) = running_max(row, m);
         (mnew, simd::exp_shift_total(row, mnew), corr)
     }
 }

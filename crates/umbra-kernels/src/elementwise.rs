@@ -2,7 +2,7 @@
 //! Each is one parallel pass forward and one backward (the upsampling backward sums each block).
 
 use crate::cpu_storage::{f32_slice, output, tensor, uninit_vec, with_f32};
-use crate::simd::{dot, exp, multiversion, sigmoid};
+use crate::simd::{self, dot, exp, multiversion, sigmoid};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -88,7 +88,7 @@ fn rows_per_chunk(d: usize) -> usize {
 /// Softmax of one row (max-subtracted).
 #[inline(always)]
 pub(crate) fn softmax_row(x: &[f32], y: &mut [f32]) {
-    let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let m = simd::max(x);
     if m == f32::NEG_INFINITY {
         // every entry masked: define the row as uniform rather than NaN
         y.fill(1.0 / y.len().max(1) as f32);

@@ -240,17 +240,15 @@ fn time_runs(steps: usize, label: &str, mut f: impl FnMut() -> Result<Tensor>) -
     Ok(times)
 }
 
-/// One more run of `f` with the per-op profile on; prints its Markdown table (the 15 slowest shapes).
-fn profile_run(label: &str, f: impl FnOnce() -> Result<Tensor>) -> Result<()> {
+/// One more run of `f` (behind the same progress bar and finiteness check as the timed runs) with the per-op
+/// profile on; prints its Markdown table (the 15 slowest shapes).
+fn profile_run(label: &str, f: impl FnMut() -> Result<Tensor>) -> Result<()> {
     use umbra_kernels::profile;
     profile::reset();
     profile::set_enabled(true);
-    let t0 = Instant::now();
-    let out = f();
-    let total = t0.elapsed().as_secs_f64();
+    let times = time_runs(1, &format!("{label} (profiled)"), f);
     profile::set_enabled(false);
-    let s = out?.abs()?.mean_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-    anyhow::ensure!(s.is_finite(), "the profiled run produced non-finite values");
+    let total = times?[0];
     println!(
         "\nper-op profile of one {label} ({total:.3} s, {} rayon threads; CPU ops are eager, so each op's wall time is its cost):\n",
         rayon::current_num_threads()

@@ -98,3 +98,30 @@ fn discretizing_a_continuous_schedule_keeps_alpha_bar_on_the_grid() {
         assert!((d.alpha_bar(i) - want).abs() < 1e-12, "i={i}");
     }
 }
+
+#[test]
+fn zero_terminal_snr_rescales_sqrt_alpha_bar_as_lin_et_al_algorithm_1() {
+    // Lin et al. 2023, Algorithm 1 (diffusers' rescale_zero_terminal_snr) applied to SD's scaled-linear
+    // schedule; values computed with Python's math module from that algorithm, in float64.
+    let sd = NoiseSchedule::scaled_linear(1000);
+    let floor = 1.0 / 16_777_216.0;
+    let z = sd.zero_terminal_snr(floor).unwrap();
+    assert_eq!(z.num_steps(), 1000);
+    for (i, want) in [(0, 0.99915), (499, 0.24235916655614528), (998, 1.9678880566211592e-07)] {
+        assert!((z.alpha_bar(i) - want).abs() <= 1e-12 * want, "alpha_bar[{i}] = {} want {want}", z.alpha_bar(i));
+    }
+    // The last step keeps (almost) nothing of the signal: SNR 6e-8 instead of SD's 0.0047.
+    assert!((z.alpha_bar(999) / floor - 1.0).abs() < 1e-12);
+    assert!(sd.snr(999) > 4e-3 && z.snr(999) < 1e-7);
+    // √ᾱ is an affine map of SD's √ᾱ (Algorithm 1), every β stays in (0, 1), ᾱ still falls.
+    let (a0, a1) = (sd.alpha_bar(0).sqrt(), sd.alpha_bar(999).sqrt());
+    for i in [1, 100, 700, 990] {
+        let want = (sd.alpha_bar(i).sqrt() - a1) * a0 / (a0 - a1);
+        assert!((z.alpha_bar(i).sqrt() - want).abs() < 1e-12, "step {i}");
+    }
+    assert!(z.betas().iter().all(|&b| b > 0.0 && b < 1.0));
+    assert!(z.alphas_cumprod().windows(2).all(|w| w[1] < w[0]));
+    // A floor above ᾱ_{T−2} would make ᾱ rise at the end: refused, saying so.
+    let e = sd.zero_terminal_snr(1e-3).unwrap_err().to_string();
+    assert!(e.contains("floor"), "{e}");
+}

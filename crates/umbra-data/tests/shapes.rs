@@ -207,3 +207,53 @@ fn bad_specs_are_clear_errors() {
     let e = load_captioned("shapes:1000000", 512, Split::Train, 0).unwrap_err().to_string();
     assert!(e.contains("GiB"), "{e}");
 }
+
+/// The pixels say what the caption says, read from the caption text alone (what the LDM trains on): the
+/// corners have the named background, and in a two-object caption the first-named colour lies on the named
+/// side of the second. A caption/pixel mismatch would make a model ignore exactly those words.
+#[test]
+fn captions_agree_with_the_pixels_for_background_and_relation() {
+    let d = load_captioned("shapes:3000", 32, Split::Train, 0).unwrap();
+    let (mut n_bg, mut n_rel) = (0, 0);
+    for (i, cap) in d.captions.iter().enumerate() {
+        let img = d.images.image(i);
+        let at = |x: usize, y: usize| [img[y * 32 + x], img[1024 + y * 32 + x], img[2048 + y * 32 + x]];
+        let t = parse_prompt(cap).unwrap_or_else(|| panic!("caption {cap:?} does not parse"));
+        if let Some(bg) = t.background {
+            let want = bg.rgb();
+            let hits = [(0, 0), (31, 0), (0, 31), (31, 31)].iter().filter(|&&(x, y)| at(x, y) == want).count();
+            assert!(hits >= 3, "{cap:?}: corners {:?} vs {want:?}", at(0, 0));
+            n_bg += 1;
+        }
+        if let (Some(r), [a, b]) = (t.relation, t.objects.as_slice()) {
+            // Centroid of the pixels that have exactly an object's colour (its interior).
+            let centroid = |c: Colour| {
+                let rgb = c.rgb();
+                let (mut sx, mut sy, mut n) = (0.0, 0.0, 0.0);
+                for y in 0..32 {
+                    for x in 0..32 {
+                        let p = at(x, y);
+                        if (0..3).all(|k| (p[k] - rgb[k]).abs() < 1e-4) {
+                            (sx, sy, n) = (sx + x as f32, sy + y as f32, n + 1.0);
+                        }
+                    }
+                }
+                assert!(n > 0.0, "{cap:?}: no pixel of {c:?}");
+                (sx / n, sy / n)
+            };
+            if a.colour == b.colour {
+                continue;
+            }
+            let ((ax, ay), (bx, by)) = (centroid(a.colour), centroid(b.colour));
+            let ok = match r {
+                Relation::LeftOf => ax + 4.0 < bx,
+                Relation::RightOf => ax > bx + 4.0,
+                Relation::Above => ay + 4.0 < by,
+                Relation::Below => ay > by + 4.0,
+            };
+            assert!(ok, "{cap:?}: centroids {:?} / {:?}", (ax, ay), (bx, by));
+            n_rel += 1;
+        }
+    }
+    assert!(n_bg > 400 && n_rel > 1000, "{n_bg} background and {n_rel} relation captions checked");
+}

@@ -20,6 +20,6 @@ pub mod solvers;
 
 pub use error::{Result, SampleError};
 pub use model::{AnalyticGaussian, Denoiser, FnDenoiser, Timestep};
-pub use scheduler_config::{SchedulerConfig, TimestepSpacing};
+pub use scheduler_config::{SchedulerConfig, TimestepSpacing, ZERO_SNR_FLOOR};
 pub use solvers::{sample, sample_from, sample_with_callback, Solver, SolverKind};
 pub mod pipelines;

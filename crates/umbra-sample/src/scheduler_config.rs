@@ -18,6 +18,10 @@ pub enum BetaScheduleName {
     SquaredcosCapV2,
 }
 
+/// The last ᾱ of a zero-terminal-SNR schedule: 2⁻²⁴, as diffusers' Euler-family schedulers set it, so that
+/// σ_max = 4096 stays finite.
+pub const ZERO_SNR_FLOOR: f64 = 1.0 / 16_777_216.0;
+
 /// diffusers' `timestep_spacing`: how `steps` inference timesteps are picked from the T training steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,6 +50,10 @@ pub struct SchedulerConfig {
     pub beta_schedule: BetaScheduleName,
     #[serde(default)]
     pub trained_betas: Option<Vec<f64>>,
+    /// Rescale the betas to zero terminal SNR (Lin et al. 2023); umbra floors the last ᾱ at
+    /// [`ZERO_SNR_FLOOR`] (what diffusers' Euler-family schedulers use; its DDIM keeps exactly 0).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rescale_betas_zero_snr: bool,
     /// What the model predicts: "epsilon", "v_prediction" or "sample".
     #[serde(default = "d_prediction_type")]
     pub prediction_type: Parameterization,
@@ -166,7 +174,11 @@ impl SchedulerConfig {
             }
             (None, BetaScheduleName::SquaredcosCapV2) => BetaSchedule::SquaredCosCapV2,
         };
-        Ok(NoiseSchedule::new(&kind, self.num_train_timesteps)?)
+        let schedule = NoiseSchedule::new(&kind, self.num_train_timesteps)?;
+        if self.rescale_betas_zero_snr {
+            return Ok(schedule.zero_terminal_snr(ZERO_SNR_FLOOR)?);
+        }
+        Ok(schedule)
     }
 
     /// The solver diffusers would run for `_class_name`. DDIM/DDPM/Euler/Euler-a/Heun/DPM-Solver++

@@ -64,6 +64,9 @@ pub struct LdmConfig {
     /// Offset noise: ε + offset · N(0, 1) per example and channel; 0 disables.
     #[serde(default)]
     pub offset_noise: f64,
+    /// Zero terminal SNR (Lin et al. 2023): the scheduler's `rescale_betas_zero_snr` and trailing spacing.
+    #[serde(default)]
+    pub zero_terminal_snr: bool,
     /// Probability of training on the empty prompt (classifier-free guidance).
     pub cond_drop: f64,
     pub timesteps: usize,
@@ -141,6 +144,7 @@ impl LdmConfig {
             prediction_type: Parameterization::Epsilon,
             min_snr_gamma: None,
             offset_noise: 0.0,
+            zero_terminal_snr: false,
             cond_drop: 0.1,
             timesteps: 1000,
             batch_size: 32,
@@ -182,6 +186,11 @@ impl LdmConfig {
         if !(self.offset_noise >= 0.0 && self.offset_noise < 1.0) {
             return bad(format!("--offset-noise must be in [0, 1) (0.05–0.1 is typical), got {}", self.offset_noise));
         }
+        if self.zero_terminal_snr && self.prediction_type != Parameterization::V {
+            return bad("--zero-terminal-snr needs --prediction-type v_prediction: at SNR 0 the input is pure noise, \
+                        so predicting ε tells nothing about z_0 (Lin et al. 2023 §3.2)"
+                .into());
+        }
         self.unet.validate().map_err(|e| TrainError::Invalid(format!("UNet config: {e}")))?;
         if let Some(m) = self.max_tokens {
             if !matches!(self.text_encoder, TextEncoderMode::Joint { .. }) {
@@ -210,9 +219,9 @@ impl LdmConfig {
         Ok(())
     }
 
-    /// The schedule the solvers use: SD 1.x's DDIM config with this run's prediction type.
+    /// The schedule the solvers use: SD 1.x's DDIM config with this run's prediction type (and zero terminal SNR).
     pub fn scheduler_json(&self) -> serde_json::Value {
-        pipeline_folder::scheduler_json(self.prediction_type, self.timesteps)
+        pipeline_folder::scheduler_json(self.prediction_type, self.timesteps, self.zero_terminal_snr)
     }
 
     pub fn scheduler_config(&self) -> Result<SchedulerConfig, TrainError> {

@@ -92,8 +92,9 @@ pub fn clip_config_json(cfg: &clip::Config) -> serde_json::Value {
 }
 
 /// SD 1.x's DDIMScheduler config (scaled_linear 0.00085..0.012 over 1000 steps, leading spacing, steps_offset 1)
-/// with the trained `prediction_type`, as diffusers writes `scheduler/scheduler_config.json`.
-pub fn scheduler_json(prediction: Parameterization, timesteps: usize) -> serde_json::Value {
+/// with the trained `prediction_type`, as diffusers writes `scheduler/scheduler_config.json`. `zero_terminal_snr`
+/// sets diffusers' `rescale_betas_zero_snr` and `trailing` spacing (Lin et al. 2023: sample from t = T − 1).
+pub fn scheduler_json(prediction: Parameterization, timesteps: usize, zero_terminal_snr: bool) -> serde_json::Value {
     let pt = serde_json::to_value(prediction).expect("prediction type serialises");
     serde_json::json!({
         "_class_name": "DDIMScheduler",
@@ -106,12 +107,12 @@ pub fn scheduler_json(prediction: Parameterization, timesteps: usize) -> serde_j
         "dynamic_thresholding_ratio": 0.995,
         "num_train_timesteps": timesteps,
         "prediction_type": pt,
-        "rescale_betas_zero_snr": false,
+        "rescale_betas_zero_snr": zero_terminal_snr,
         "sample_max_value": 1.0,
         "set_alpha_to_one": false,
         "steps_offset": 1,
         "thresholding": false,
-        "timestep_spacing": "leading",
+        "timestep_spacing": if zero_terminal_snr { "trailing" } else { "leading" },
         "trained_betas": null,
     })
 }

@@ -101,11 +101,16 @@ fn loss_falls_on_a_tiny_run() {
     let d = tmp("falls");
     let vae = tiny_vae(&d);
     let (x, caps) = tiny_data(12);
-    for pred in [umbra_core::diffusion::Parameterization::Epsilon, umbra_core::diffusion::Parameterization::V] {
+    use umbra_core::diffusion::Parameterization::{Epsilon, V};
+    // ε and v with min-SNR-γ and offset noise; v on the zero-terminal-SNR schedule, unweighted.
+    for (pred, zero_snr) in [(Epsilon, false), (V, false), (V, true)] {
         let mut cfg = tiny_config(&vae, 1);
         cfg.prediction_type = pred;
-        cfg.min_snr_gamma = Some(5.0);
-        cfg.offset_noise = 0.05;
+        cfg.zero_terminal_snr = zero_snr;
+        if !zero_snr {
+            cfg.min_snr_gamma = Some(5.0);
+            cfg.offset_noise = 0.05;
+        }
         let mut t = LdmTrainer::new(cfg, &x, &caps, &Device::Cpu).unwrap();
         let all: Vec<usize> = (0..12).collect();
         // The same draws before and after: a fixed evaluation step.
@@ -116,8 +121,8 @@ fn loss_falls_on_a_tiny_run() {
             t.step_on(&idx).unwrap();
         }
         let after = t.loss(&all, 1 << 40).unwrap().mse;
-        eprintln!("{pred:?}: fixed-draw MSE {before:.4} -> {after:.4} after 30 steps");
-        assert!(after < 0.6 * before, "{pred:?}: MSE {before} -> {after}, expected a 40% drop");
+        eprintln!("{pred:?} (zero SNR {zero_snr}): fixed-draw MSE {before:.4} -> {after:.4} after 30 steps");
+        assert!(after < 0.6 * before, "{pred:?} (zero SNR {zero_snr}): MSE {before} -> {after}, expected a 40% drop");
     }
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -450,5 +455,47 @@ fn max_tokens_frames_training_and_the_written_tokenizer_alike() {
     let (cm, cd) = (mem.text_encoder.encode(&ids, 0).unwrap(), disk.text_encoder.encode(&ids, 0).unwrap());
     assert_eq!(cd.dims(), &[1, 12, cd.dim(2).unwrap()]);
     assert_eq!(max_diff(&cm, &cd), 0.0, "text embeddings differ");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn zero_terminal_snr_trains_on_the_rescaled_schedule_and_writes_it_for_diffusers() {
+    let d = tmp("zero-snr");
+    let vae = tiny_vae(&d);
+    let (x, caps) = tiny_data(8);
+    // ε-prediction at SNR 0 is refused before training, saying why.
+    let mut eps = tiny_config(&vae, 8);
+    eps.zero_terminal_snr = true;
+    let e = LdmTrainer::new(eps, &x, &caps, &Device::Cpu).err().expect("epsilon + zero SNR refused").to_string();
+    assert!(e.contains("--zero-terminal-snr needs --prediction-type v_prediction"), "{e}");
+    let mut cfg = tiny_config(&vae, 8);
+    cfg.prediction_type = umbra_core::diffusion::Parameterization::V;
+    cfg.zero_terminal_snr = true;
+    let mut t = LdmTrainer::new(cfg, &x, &caps, &Device::Cpu).unwrap();
+    // The trainer noises with the rescaled schedule: the last step keeps 2⁻¹² of the latent, not SD's 0.068.
+    assert!((t.schedule.alpha_bar(999) / umbra_sample::ZERO_SNR_FLOOR - 1.0).abs() < 1e-12);
+    t.step_on(&[0, 1, 2, 3]).unwrap();
+    let dir = t.write_pipeline(&d.join("pipeline")).unwrap();
+    let sc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("scheduler/scheduler_config.json")).unwrap()).unwrap();
+    assert_eq!(sc["rescale_betas_zero_snr"], true);
+    assert_eq!(sc["timestep_spacing"], "trailing");
+    assert_eq!(sc["prediction_type"], "v_prediction");
+    // umbra reads the folder back onto the same schedule, and txt2img from it starts at t = T − 1.
+    let sched = umbra_sample::SchedulerConfig::from_file(&dir).unwrap();
+    assert_eq!(sched.noise_schedule().unwrap(), t.schedule);
+    let disk = StableDiffusion::load(&dir, &LoadOptions::default()).unwrap();
+    let p = GenerationParams {
+        prompt: caps[0].clone(),
+        steps: 4,
+        guidance_scale: 3.0,
+        height: 16,
+        width: 16,
+        solver: SolverKind::DpmPP2MKarras,
+        ..GenerationParams::default()
+    };
+    let g = txt2img(&disk, &sched, &p).unwrap();
+    let v = g.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(v.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x)), "images must be finite, in [0, 1]");
     let _ = std::fs::remove_dir_all(&d);
 }

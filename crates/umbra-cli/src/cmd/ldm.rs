@@ -84,6 +84,12 @@ pub struct TrainArgs {
     /// Offset noise strength (0.05–0.1 typical; 0: off).
     #[arg(long, default_value_t = 0.0)]
     pub offset_noise: f64,
+    /// Zero terminal SNR (Lin et al. 2023): rescale SD's schedule so the last step holds no signal, and sample
+    /// from t = T − 1 ("trailing"). SD's own schedule keeps √ᾱ_T = 0.068 of the image at the last step, so its
+    /// layout and background come from the starting noise rather than the prompt. Needs v_prediction. The
+    /// pipeline's scheduler gets diffusers' `rescale_betas_zero_snr: true` and `timestep_spacing: trailing`.
+    #[arg(long)]
+    pub zero_terminal_snr: bool,
     /// A pretrained transformers CLIPTextModel folder to use frozen (its sibling tokenizer/ is used too).
     #[arg(long)]
     pub text_encoder: Option<PathBuf>,
@@ -218,6 +224,7 @@ fn build_config(a: &TrainArgs, images: &candle_core::Tensor, captions: &[String]
     c.prediction_type = parse_prediction(&a.prediction_type)?;
     c.min_snr_gamma = a.min_snr_gamma;
     c.offset_noise = a.offset_noise;
+    c.zero_terminal_snr = a.zero_terminal_snr;
     c.cond_drop = a.cond_drop;
     c.batch_size = a.batch_size;
     c.lr = a.lr;
@@ -293,7 +300,8 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         if t.text_trainable { format!("{nt} parameters, trained jointly") } else { "frozen (pretrained)".to_string() },
         serde_json::to_value(cfg.prediction_type)?.as_str().unwrap_or("?"),
         cfg.min_snr_gamma.map(|g| format!(", min-SNR-γ {g}")).unwrap_or_default(),
-        if cfg.offset_noise > 0.0 { format!(", offset noise {}", cfg.offset_noise) } else { String::new() },
+        if cfg.offset_noise > 0.0 { format!(", offset noise {}", cfg.offset_noise) } else { String::new() }
+            + if cfg.zero_terminal_snr { ", zero terminal SNR" } else { "" },
         cfg.cond_drop,
         cfg.steps,
         cfg.batch_size

@@ -111,6 +111,29 @@ impl NoiseSchedule {
         Ok(Self { betas, alpha_bar })
     }
 
+    /// Zero terminal SNR (Lin et al. 2023, Algorithm 1): √ᾱ_i ← (√ᾱ_i − √ᾱ_{T−1}) · √ᾱ_0 / (√ᾱ_0 − √ᾱ_{T−1}),
+    /// so √ᾱ_0 is kept and ᾱ_{T−1} = 0, i.e. the last step destroys the signal entirely and sampling from
+    /// N(0, I) matches training. The last ᾱ is then floored at `floor` (diffusers' Euler uses 2⁻²⁴) so that σ,
+    /// log-SNR and ε-conversions stay finite.
+    pub fn zero_terminal_snr(&self, floor: f64) -> Result<Self> {
+        let n = self.alpha_bar.len();
+        let (s0, st) = (self.alpha_bar[0].sqrt(), self.alpha_bar[n - 1].sqrt());
+        if n < 2 || s0 - st <= 0.0 {
+            return Err(DiffusionError::Schedule(
+                "zero terminal SNR needs at least 2 steps with a decreasing ᾱ".into(),
+            ));
+        }
+        let mut ab: Vec<f64> = self.alpha_bar.iter().map(|a| ((a.sqrt() - st) * s0 / (s0 - st)).powi(2)).collect();
+        if !(floor > 0.0 && floor < ab[n - 2]) {
+            return Err(DiffusionError::Schedule(format!(
+                "zero terminal SNR: the floor {floor:e} must be in (0, ᾱ_{{T−2}} = {:e})",
+                ab[n - 2]
+            )));
+        }
+        ab[n - 1] = floor;
+        Self::from_betas(betas_of_alpha_bars(&ab))
+    }
+
     /// Ho et al. 2020's schedule: linear β from 1e-4 to 0.02 over `t` steps.
     pub fn linear(t: usize) -> Self {
         Self::new(&BetaSchedule::Linear { beta_start: 1e-4, beta_end: 0.02 }, t).expect("valid")

@@ -14,6 +14,9 @@ pub enum Command {
     Vae(super::bench_sd::VaeArgs),
     /// Denoising steps per second of the whole SD text-to-image pipeline with random weights.
     Txt2img(super::bench_sd::Txt2ImgArgs),
+    /// Write an SD architecture's random weights as a diffusers pipeline folder, to measure what a real
+    /// `umbra txt2img --model DIR` costs in load time and peak memory without downloading a checkpoint.
+    WriteRandom(super::bench_sd::WriteRandomArgs),
     /// `umbra serve` in-process: requests/s and p50/p95 latency at 1, 8 and 32 clients, and the server's
     /// overhead against the library's own generation time.
     Serve(super::bench_serve::ServeArgs),
@@ -27,5 +30,6 @@ pub fn run(c: Command) -> anyhow::Result<()> {
         Command::Vae(a) => super::bench_sd::vae(a),
         Command::Serve(a) => super::bench_serve::serve(a),
         Command::Txt2img(a) => super::bench_sd::txt2img(a),
+        Command::WriteRandom(a) => super::bench_sd::write_random(a),
     }
 }

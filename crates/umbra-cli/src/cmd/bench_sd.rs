@@ -182,6 +182,70 @@ pub struct Txt2ImgArgs {
     pub run: RunArgs,
 }
 
+const WRITE_RANDOM_HELP: &str = "Writes the architecture's UNet, VAE and CLIP text encoder with seeded random \
+weights (the fill of `bench unet|vae|txt2img`), the built-in CLIP tokenizer and SD's DDIM scheduler as a diffusers \
+pipeline folder: the same files, names and sizes as a real checkpoint (SD 1.5 in f32: 4.3 GB). Then measure a whole \
+run the way a user runs it, e.g. its peak memory with GNU time:
+
+Examples:
+  umbra bench write-random --arch sd15 --out /tmp/sd15-random
+  /usr/bin/time -v umbra txt2img --model /tmp/sd15-random --prompt x --steps 2 --out /tmp/x.png   # Maximum resident set size
+  umbra bench write-random --arch sd15 --dtype f16 --out /tmp/sd15-random-f16";
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = WRITE_RANDOM_HELP)]
+pub struct WriteRandomArgs {
+    #[arg(long, value_enum, default_value_t = Arch::Sd15)]
+    pub arch: Arch,
+    /// Stored dtype of the weights (the VAE stays f32 where its config says force_upcast, as diffusers ships it
+    /// in f16 anyway; here every component gets this dtype).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The pipeline folder to write (replaced if it exists).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+}
+
+pub fn write_random(a: WriteRandomArgs) -> Result<()> {
+    use umbra_train::pipeline_folder::{self as folder, Component, PipelineParts, TokenizerSource};
+    let (ucfg, vcfg, ccfg) = a.arch.architecture().configs();
+    let (dev, dtype) = (Device::Cpu, a.dtype.dtype());
+    let t0 = Instant::now();
+    let pb = ProgressBar::new_spinner();
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb.set_message("filling random UNet, VAE and CLIP parameters");
+    let unet = weights::random_tensors(a.seed, dtype, &dev, |vb| UNet2DConditionModel::new(vb, &ucfg))?;
+    let vae = weights::random_tensors(a.seed + 1, dtype, &dev, |vb| AutoencoderKL::new(vb, &vcfg))?;
+    let text = weights::random_tensors(a.seed + 2, dtype, &dev, |vb| umbra_nn::clip::ClipTextModel::new(vb, &ccfg))?;
+    pb.set_message(format!("writing {}", a.out.display()));
+    let prediction = match a.arch {
+        Arch::Sd21 => umbra_core::diffusion::Parameterization::V,
+        _ => umbra_core::diffusion::Parameterization::Epsilon,
+    };
+    let parts = PipelineParts {
+        unet: Component::Write { config: folder::unet_config_json(&ucfg), tensors: &unet },
+        vae: Component::Write { config: vcfg.to_diffusers_json(), tensors: &vae },
+        text_encoder: Component::Write { config: folder::clip_config_json(&ccfg), tensors: &text },
+        tokenizer: TokenizerSource::Builtin { max_length: umbra_nn::tokenizer::MAX_LENGTH },
+        scheduler: folder::scheduler_json(prediction, 1000, false),
+    };
+    let dir = folder::write_pipeline(&a.out, &parts)?;
+    pb.finish_and_clear();
+    let n: usize = [&unet, &vae, &text].iter().flat_map(|m| m.values()).map(|t| t.elem_count()).sum();
+    println!(
+        "wrote {} ({:?}, {:.1} M parameters in {dtype:?}, seed {}) in {:.1} s",
+        dir.display(),
+        a.arch,
+        n as f64 / 1e6,
+        a.seed,
+        t0.elapsed().as_secs_f64()
+    );
+    println!("next: /usr/bin/time -v umbra txt2img --model {} --prompt x --steps 2 --out /tmp/x.png", dir.display());
+    Ok(())
+}
+
 fn set_threads(n: Option<usize>) -> Result<()> {
     if let Some(n) = n {
         anyhow::ensure!(n >= 1, "--threads must be at least 1");

@@ -200,6 +200,15 @@ pub(crate) fn build_checked<T>(
     Ok(Err(report))
 }
 
+/// Once tensor `name` has been copied out of the mapping `st` (candle's `load` always copies), drop its mapped
+/// pages from the resident set, so that a checkpoint is not resident twice while it loads.
+pub(crate) fn release_copied(st: &MmapedSafetensors, name: &str) {
+    if let Ok(view) = st.get(name) {
+        // SAFETY: the view's bytes lie in MmapedSafetensors' read-only file mapping.
+        unsafe { umbra_kernels::release_mapped_pages(view.data()) };
+    }
+}
+
 /// Safetensors files whose keys the model sees as `rename(file key)`.
 struct AliasedFiles {
     st: MmapedSafetensors,
@@ -225,7 +234,9 @@ impl CheckedSource for AliasedFiles {
     }
 
     fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
-        self.st.load(self.file_key(name), dev)
+        let t = self.st.load(self.file_key(name), dev)?;
+        release_copied(&self.st, self.file_key(name));
+        Ok(t)
     }
 
     fn label(&self, name: &str) -> String {
@@ -360,4 +371,39 @@ impl SimpleBackend for RandomFill {
 /// seed and its name only. For benchmarks and smoke tests of large architectures, not for training.
 pub fn random_varbuilder(seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
     VarBuilder::from_backend(Box::new(RandomFill { seed }), dtype, device.clone())
+}
+
+/// [`RandomFill`] that also keeps every tensor it hands out, by name.
+struct RecordingFill {
+    fill: RandomFill,
+    out: Arc<Mutex<BTreeMap<String, Tensor>>>,
+}
+
+impl SimpleBackend for RecordingFill {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.fill.get(s, name, h, dtype, dev)?;
+        self.out.lock().expect("lock").insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.fill.get_unchecked(name, dtype, dev)
+    }
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// The parameters `build` asks for, filled as [`random_varbuilder`] fills them, by name: what a random
+/// checkpoint of a large architecture holds (`umbra bench write-random` saves them as a diffusers folder).
+pub fn random_tensors<T>(
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
+) -> candle_core::Result<BTreeMap<String, Tensor>> {
+    let out = Arc::new(Mutex::new(BTreeMap::new()));
+    let backend = RecordingFill { fill: RandomFill { seed }, out: out.clone() };
+    drop(build(VarBuilder::from_backend(Box::new(backend), dtype, device.clone()))?);
+    let map = std::mem::take(&mut *out.lock().expect("lock"));
+    Ok(map)
 }

@@ -120,8 +120,8 @@ fn objective_and_grad(p: &GaussianMixture, params: &Params, eps: &[Vec<f64>]) ->
         for i in 0..d {
             grad[i] -= g[i] / b;
             grad[d + i] -= g[i] * e[i] * l[i * d + i] / b;
-            for j in 0..i {
-                grad[k] -= g[i] * e[j] / b;
+            for ej in &e[..i] {
+                grad[k] -= g[i] * ej / b;
                 k += 1;
             }
         }
@@ -482,14 +482,14 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(5);
         let eps: Vec<Vec<f64>> = (0..16).map(|_| (0..2).map(|_| StandardNormal.sample(&mut rng)).collect()).collect();
         let (_, g) = objective_and_grad(&p, &params, &eps);
-        for i in 0..params.theta.len() {
+        for (i, &gi) in g.iter().enumerate() {
             let h = 1e-6;
             let mut a = Params { d: 2, theta: params.theta.clone() };
             let mut b = Params { d: 2, theta: params.theta.clone() };
             a.theta[i] += h;
             b.theta[i] -= h;
             let fd = (objective_and_grad(&p, &a, &eps).0 - objective_and_grad(&p, &b, &eps).0) / (2.0 * h);
-            assert!((g[i] - fd).abs() < 1e-5 * (1.0 + fd.abs()), "θ[{i}]: {} vs fd {fd}", g[i]);
+            assert!((gi - fd).abs() < 1e-5 * (1.0 + fd.abs()), "θ[{i}]: {gi} vs fd {fd}");
         }
     }
 

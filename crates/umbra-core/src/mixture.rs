@@ -169,7 +169,7 @@ impl Density for GaussianMixture {
 /// log Σᵢ exp(aᵢ) = m + log Σᵢ exp(aᵢ − m), m = maxᵢ aᵢ; `-∞` if all are `-∞`.
 pub fn log_sum_exp(a: &[f64]) -> f64 {
     let m = a.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if m == f64::NEG_INFINITY || m == f64::INFINITY {
+    if m.is_infinite() {
         return m;
     }
     m + a.iter().map(|v| (v - m).exp()).sum::<f64>().ln()

@@ -54,7 +54,7 @@ fn legacy_vae_attention_names_load_everywhere() {
     let renamed = legacy.keys().filter(|k| k.contains(".query.") || k.contains(".proj_attn.")).count();
     assert_eq!(renamed, 8, "encoder + decoder mid attention: query and proj_attn weight + bias");
     for k in legacy.keys() {
-        assert_eq!(current.contains_key(&vae_legacy_key(k)), true, "{k}");
+        assert!(current.contains_key(&vae_legacy_key(k)), "{k}");
     }
 
     let root = std::env::temp_dir().join(format!("umbra-vae-legacy-{}", std::process::id()));

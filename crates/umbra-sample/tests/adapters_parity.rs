@@ -17,7 +17,10 @@ fn fixtures() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../umbra-nn/tests/fixtures/adapters"))
 }
 
-fn tiny() -> Option<(StableDiffusion, SchedulerConfig, HashMap<String, Tensor>, HashMap<String, Tensor>)> {
+/// The tiny pipeline, its scheduler, diffusers' reference tensors and the adapter fixtures' references.
+type Tiny = (StableDiffusion, SchedulerConfig, HashMap<String, Tensor>, HashMap<String, Tensor>);
+
+fn tiny() -> Option<Tiny> {
     let dir = umbra_test_support::tiny_sd("reference.safetensors")?;
     let sd = StableDiffusion::load(dir.join("pipeline"), &LoadOptions::default()).unwrap();
     let sched = SchedulerConfig::from_file(dir.join("pipeline")).unwrap();

@@ -190,7 +190,7 @@ fn sd2_pipeline_saved_by_umbra_loads_back_and_runs_every_sampler() {
     let emb = sd.text_encoder.embeddings(&ids_t).unwrap();
     let tok = var(&saved.text, "text_model.embeddings.token_embedding.weight");
     let pos = var(&saved.text, "text_model.embeddings.position_embedding.weight");
-    let ids_u = Tensor::from_vec(ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), 77, &Device::Cpu).unwrap();
+    let ids_u = Tensor::from_vec(ids.to_vec(), 77, &Device::Cpu).unwrap();
     let want = (tok.index_select(&ids_u, 0).unwrap() + pos).unwrap().unsqueeze(0).unwrap();
     assert!(max_abs(&emb, &want) < 1e-6);
 

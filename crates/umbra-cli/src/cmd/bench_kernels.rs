@@ -334,7 +334,7 @@ pub fn ops(a: OpsArgs) -> Result<()> {
         );
         line(
             "upsample_nearest x2 fwd+bwd [64,128,16,16]",
-            time_op(n, || fwd_bwd(&[small.clone()], &|t| umbra_kernels::upsample_nearest(&t[0], 2)))?,
+            time_op(n, || fwd_bwd(std::slice::from_ref(&small), &|t| umbra_kernels::upsample_nearest(&t[0], 2)))?,
         );
     }
     pb.finish_and_clear();

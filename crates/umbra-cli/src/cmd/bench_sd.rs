@@ -384,7 +384,7 @@ pub fn vae(a: VaeArgs) -> Result<()> {
     let cfg = a.arch.architecture().configs().1;
     let n_params = weights::count_parameters(|vb| AutoencoderKL::new(vb, &cfg))?;
     let f = 1usize << (cfg.block_out_channels.len() - 1);
-    anyhow::ensure!(a.res % f == 0, "--res must be a multiple of the VAE's downsampling factor {f}");
+    anyhow::ensure!(a.res.is_multiple_of(f), "--res must be a multiple of the VAE's downsampling factor {f}");
     let h = a.res / f;
     println!(
         "VAE {:?}: {n_params} parameters, {dtype:?} on {:?}, {} rayon threads; decode [{}, {}, {h}, {h}] -> [{}, 3, {}, {}]",

@@ -34,10 +34,13 @@ pub fn is_kohya<'a>(mut keys: impl Iterator<Item = &'a String>) -> bool {
     keys.any(|k| k.starts_with("lora_unet_") || k.starts_with("lora_te"))
 }
 
+/// One kohya layer's tensors as found: (lora_down, lora_up, alpha).
+type LayerTensors<'a> = (Option<&'a Tensor>, Option<&'a Tensor>, Option<&'a Tensor>);
+
 /// Groups a kohya file's tensors into layers (`name` is the kohya layer name, resolved against the model later).
 /// Returns the layers and the keys that are not plain LoRA tensors (LyCORIS LoHa/LoKr, DoRA scales, ...).
 pub fn parse(tensors: &BTreeMap<String, Tensor>) -> (Vec<RawLayer>, Vec<String>) {
-    let mut groups: BTreeMap<&str, (Option<&Tensor>, Option<&Tensor>, Option<&Tensor>)> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, LayerTensors> = BTreeMap::new();
     let mut unsupported = Vec::new();
     for (k, t) in tensors {
         let Some((name, suffix)) = k.split_once('.') else {

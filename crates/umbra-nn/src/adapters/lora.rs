@@ -19,6 +19,9 @@ pub enum LoraFormat {
     Peft,
 }
 
+/// Layers matched to the model (each with its target weight) and the names that matched none.
+type Resolved = (Vec<(LoraLayer, Tensor)>, Vec<String>);
+
 impl LoraFormat {
     pub fn name(&self) -> &'static str {
         match self {
@@ -169,7 +172,7 @@ impl LoraAdapter {
     }
 
     /// Matches every layer to `targets` (the model's layers): the matched layers and the names that match none.
-    fn resolve(&self, targets: &Targets) -> Result<(Vec<(LoraLayer, Tensor)>, Vec<String>)> {
+    fn resolve(&self, targets: &Targets) -> Result<Resolved> {
         let mut matched = Vec::new();
         let mut unmatched = Vec::new();
         for raw in &self.layers {

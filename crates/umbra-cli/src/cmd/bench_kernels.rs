@@ -85,7 +85,7 @@ fn set_threads(n: usize) -> Result<()> {
 }
 
 /// Peak resident set size in MiB (VmHWM from /proc/self/status), if available.
-fn peak_rss_mib() -> Option<f64> {
+pub(super) fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

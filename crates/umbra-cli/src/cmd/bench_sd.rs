@@ -14,6 +14,8 @@ use umbra_nn::unet::UNet2DConditionModel;
 use umbra_sample::pipelines::{self, GenerationParams, StepControl, StepObserver};
 use umbra_sample::{SchedulerConfig, SolverKind};
 
+use super::bench_kernels::peak_rss_mib;
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     /// Stable Diffusion 1.5 (UNet 859.5 M parameters, 768-d text embeddings).
@@ -197,8 +199,7 @@ Examples:
 pub struct WriteRandomArgs {
     #[arg(long, value_enum, default_value_t = Arch::Sd15)]
     pub arch: Arch,
-    /// Stored dtype of the weights (the VAE stays f32 where its config says force_upcast, as diffusers ships it
-    /// in f16 anyway; here every component gets this dtype).
+    /// Stored dtype of every component's weights (f16 is how most published checkpoints ship).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub dtype: Precision,
     #[arg(long, default_value_t = 0)]
@@ -264,14 +265,6 @@ fn device(cuda: bool) -> Result<Device> {
     } else {
         Ok(Device::Cpu)
     }
-}
-
-/// Peak resident set size in MiB (VmHWM from /proc/self/status), if available.
-fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 fn bar(len: usize, label: &str) -> ProgressBar {

@@ -32,6 +32,17 @@ fn data(seed: u64) -> Tensor {
     noise(seed).broadcast_mul(&s).unwrap().broadcast_add(&m).unwrap()
 }
 
+/// The solvers of diffusers' schedulers (the Langevin and SDE/ODE samplers have their own tests).
+const DISCRETE_SOLVERS: [SolverKind; 7] = [
+    SolverKind::Ddim,
+    SolverKind::Ddpm,
+    SolverKind::Euler,
+    SolverKind::EulerAncestral,
+    SolverKind::Heun,
+    SolverKind::DpmPP2M,
+    SolverKind::DpmPP2MKarras,
+];
+
 /// Steps that keep a solver's discretization error below the tolerance: 100 for first order, 50 for second.
 fn steps_for(kind: SolverKind) -> usize {
     match kind {
@@ -70,15 +81,7 @@ fn check_solver(
 #[test]
 fn every_solver_samples_the_right_gaussian_with_epsilon_and_v_models() {
     let cfg = SchedulerConfig::stable_diffusion();
-    for kind in [
-        SolverKind::Ddim,
-        SolverKind::Ddpm,
-        SolverKind::Euler,
-        SolverKind::EulerAncestral,
-        SolverKind::Heun,
-        SolverKind::DpmPP2M,
-        SolverKind::DpmPP2MKarras,
-    ] {
+    for kind in DISCRETE_SOLVERS {
         for p in [Parameterization::Epsilon, Parameterization::V, Parameterization::X0] {
             check(kind, p, steps_for(kind), &cfg);
         }
@@ -265,15 +268,7 @@ fn zero_terminal_snr_removes_the_bias_from_pure_noise_for_every_solver() {
     let sched = cfg.noise_schedule().unwrap();
     assert!((sched.alpha_bar(999) / umbra_sample::ZERO_SNR_FLOOR - 1.0).abs() < 1e-12);
     let model = AnalyticGaussian::new(MEAN.to_vec(), STD.to_vec(), Parameterization::V);
-    for kind in [
-        SolverKind::Ddim,
-        SolverKind::Ddpm,
-        SolverKind::Euler,
-        SolverKind::EulerAncestral,
-        SolverKind::Heun,
-        SolverKind::DpmPP2M,
-        SolverKind::DpmPP2MKarras,
-    ] {
+    for kind in DISCRETE_SOLVERS {
         let solver = kind.build(&cfg).unwrap();
         assert_eq!(solver.timesteps(10).unwrap()[0], 999.0, "{kind} starts at t = T − 1");
         let x = sample(solver.as_ref(), &model, &noise(1), steps_for(kind), 7, false).unwrap();

@@ -55,7 +55,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let names: Vec<&str> = stages.iter().map(|(d, _, _)| *d).collect();
         anyhow::bail!("--only {bad}: no such stage; the stages are {}", names.join(", "));
     }
-    let stages: Vec<_> = stages.into_iter().filter(|(d, _, _)| a.only.is_empty() || a.only.iter().any(|o| o == d)).collect();
+    let stages: Vec<_> =
+        stages.into_iter().filter(|(d, _, _)| a.only.is_empty() || a.only.iter().any(|o| o == d)).collect();
     std::fs::create_dir_all(&a.out)
         .map_err(|e| anyhow::anyhow!("cannot create output folder {}: {e}", a.out.display()))?;
     let t0 = Instant::now();

@@ -18,6 +18,24 @@ pub fn cfg_combine(uncond: &Tensor, cond: &Tensor, guidance_scale: f64) -> Resul
     Ok((uncond + (cond - uncond)?.affine(guidance_scale, 0.0)?)?)
 }
 
+/// Guidance rescale (Lin et al. 2023, eqs. 15–16; diffusers' `guidance_rescale` φ): x_r = x_cfg · σ(x_cond)/σ(x_cfg)
+/// with σ the standard deviation of each example over all its other dimensions, then φ x_r + (1 − φ) x_cfg. It
+/// undoes the over-exposure that a large guidance scale gives a zero-terminal-SNR model. φ = 0 returns x_cfg.
+pub fn rescale_guidance(guided: &Tensor, cond: &Tensor, phi: f64) -> Result<Tensor> {
+    if phi == 0.0 {
+        return Ok(guided.clone());
+    }
+    let std = |x: &Tensor| -> Result<Tensor> {
+        let flat = x.flatten_from(1)?;
+        let centred = flat.broadcast_sub(&flat.mean_keepdim(1)?)?;
+        Ok(centred.sqr()?.mean_keepdim(1)?.sqrt()?)
+    };
+    let ratio = (std(cond)? / std(guided)?)?;
+    let shape: Vec<usize> = std::iter::once(guided.dim(0)?).chain(std::iter::repeat_n(1, guided.rank() - 1)).collect();
+    let rescaled = guided.broadcast_mul(&ratio.reshape(shape)?)?;
+    Ok(((rescaled * phi)? + (guided * (1.0 - phi))?)?)
+}
+
 /// Classifier-free guidance around a conditional and an unconditional model of the same
 /// parameterization (two calls per step; a batched pipeline can call [`cfg_combine`] itself).
 pub struct ClassifierFreeGuidance<C, U> {

@@ -5,7 +5,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use umbra_core::diffusion::loss::randn_like;
 use umbra_core::diffusion::Parameterization;
-use umbra_sample::guidance::{cfg_combine, ClassifierFreeGuidance, ClassifierGuidance};
+use umbra_sample::guidance::{cfg_combine, rescale_guidance, ClassifierFreeGuidance, ClassifierGuidance};
 use umbra_sample::model::column_mean_std;
 use umbra_sample::solvers::sample;
 use umbra_sample::{AnalyticGaussian, Denoiser, SchedulerConfig, SolverKind, Timestep};
@@ -110,4 +110,43 @@ fn autograd_gradient_of_the_classifier_log_prob_matches_the_analytic_one() {
     let d = (auto - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert!(d < 1e-5, "{d}");
     assert!(grad_log_prob(&x_t, |_| Ok(Tensor::zeros(N, candle_core::DType::F32, &Device::Cpu)?)).is_err());
+}
+
+#[test]
+fn guidance_rescale_matches_lin_et_al_equations_15_and_16() {
+    // x_r = x_cfg · σ(x_cond)/σ(x_cfg) per example (σ over all its other dimensions), x = φ x_r + (1 − φ) x_cfg,
+    // as diffusers' rescale_noise_cfg. Two examples of [2, 3, 4] with different scales.
+    let dev = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(11);
+    let like = Tensor::zeros((2, 2, 3, 4), candle_core::DType::F32, &dev).unwrap();
+    let cond = randn_like(&like, &mut rng).unwrap();
+    let uncond = (randn_like(&like, &mut rng).unwrap() * 0.5).unwrap();
+    let guided = cfg_combine(&uncond, &cond, 7.0).unwrap();
+    let rows = |t: &Tensor| t.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+    let std = |v: &[f32]| {
+        let m = v.iter().sum::<f32>() / v.len() as f32;
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / v.len() as f32).sqrt()
+    };
+    let (g, c) = (rows(&guided), rows(&cond));
+    // φ = 0 is plain guidance; φ = 1 gives each example the conditional prediction's std.
+    assert_eq!(rows(&rescale_guidance(&guided, &cond, 0.0).unwrap()), g);
+    let full = rows(&rescale_guidance(&guided, &cond, 1.0).unwrap());
+    for b in 0..2 {
+        assert!(
+            (std(&full[b]) / std(&c[b]) - 1.0).abs() < 1e-5,
+            "example {b}: std {} vs {}",
+            std(&full[b]),
+            std(&c[b])
+        );
+        assert!(std(&g[b]) > 3.0 * std(&c[b]), "guidance 7 should inflate the std");
+    }
+    // φ = 0.7, element by element against the two equations written out.
+    let mixed = rows(&rescale_guidance(&guided, &cond, 0.7).unwrap());
+    for b in 0..2 {
+        let r = std(&c[b]) / std(&g[b]);
+        for (k, &x) in mixed[b].iter().enumerate() {
+            let want = 0.7 * g[b][k] * r + 0.3 * g[b][k];
+            assert!((x - want).abs() < 1e-5 * (1.0 + want.abs()), "[{b}][{k}]: {x} vs {want}");
+        }
+    }
 }

@@ -208,6 +208,7 @@ pub fn two_stage_bound(
             unet: &sd.unet,
             context: sd.text_encoder.forward(&batch_ids)?.last_hidden_state,
             guidance_scale: 1.0,
+            guidance_rescale: 0.0,
             guided: false,
             prediction,
             extra: None,

@@ -366,6 +366,9 @@ pub struct EvalArgs {
     /// Guidance scales, comma-separated (1 = no guidance).
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     pub guidance: Vec<f64>,
+    /// Guidance rescale φ for every cell (diffusers' guidance_rescale; 0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance_rescale: f64,
     #[arg(long, default_value_t = 25)]
     pub steps: usize,
     /// Image side (0: the UNet's sample_size × the VAE's factor).
@@ -437,6 +440,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
                     prompt: p.clone(),
                     steps: a.steps,
                     guidance_scale: g,
+                    guidance_rescale: a.guidance_rescale,
                     seed: a.seed.wrapping_add(i as u64),
                     height: side,
                     width: side,

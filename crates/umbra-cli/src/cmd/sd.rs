@@ -138,6 +138,10 @@ pub struct CommonArgs {
     /// Classifier-free guidance scale s (diffusers' guidance_scale).
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f64,
+    /// Guidance rescale φ in [0, 1] (diffusers' guidance_rescale; Lin et al. 2023 use 0.7 with zero-terminal-SNR
+    /// models, whose images over-expose at large --guidance).
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance_rescale: f64,
     /// Seed of image 0; image i of a batch uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -357,6 +361,7 @@ fn params(
         negative_prompt: c.negative_prompt.clone(),
         steps: c.steps,
         guidance_scale: c.guidance,
+        guidance_rescale: c.guidance_rescale,
         seed: c.seed,
         batch: c.batch,
         height,

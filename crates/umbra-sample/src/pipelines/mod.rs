@@ -33,7 +33,7 @@ use umbra_nn::autoencoder_kl::AutoencoderKL;
 use umbra_nn::loading::StableDiffusion;
 use umbra_nn::unet::UNet2DConditionModel;
 
-use crate::guidance::cfg_combine;
+use crate::guidance::{cfg_combine, rescale_guidance};
 use crate::model::{Denoiser, Timestep};
 use crate::solvers::{RunCtx, Solver, SolverKind, StepEvent};
 use crate::SampleError;
@@ -65,6 +65,9 @@ pub struct GenerationParams {
     pub steps: usize,
     /// diffusers' `guidance_scale` s (ε̃ = ε_u + s (ε_c − ε_u)); s ≤ 1 runs the conditional model only.
     pub guidance_scale: f64,
+    /// diffusers' `guidance_rescale` φ in [0, 1] (Lin et al. 2023): pull the guided prediction's std back toward
+    /// the conditional one's; 0 (default) is plain classifier-free guidance.
+    pub guidance_rescale: f64,
     /// Image `i` of the batch draws its initial noise from seed `seed + i`; stochastic solvers draw their
     /// per-step noise from `seed`.
     pub seed: u64,
@@ -100,6 +103,7 @@ impl Default for GenerationParams {
             negative_prompt: String::new(),
             steps: 30,
             guidance_scale: 7.5,
+            guidance_rescale: 0.0,
             seed: 0,
             batch: 1,
             height: 512,
@@ -151,6 +155,8 @@ pub struct SdDenoiser<'a> {
     /// `[2B, L, D]` (uncond first) with guidance, `[B, L, D]` without.
     pub context: Tensor,
     pub guidance_scale: f64,
+    /// Guidance rescale φ (Lin et al. 2023; 0 = off).
+    pub guidance_rescale: f64,
     pub guided: bool,
     pub prediction: Parameterization,
     pub extra: Option<Tensor>,
@@ -176,7 +182,9 @@ impl Denoiser for SdDenoiser<'_> {
             return Ok(out);
         }
         let b = x_t.dim(0)?;
-        cfg_combine(&out.narrow(0, 0, b)?, &out.narrow(0, b, b)?, self.guidance_scale)
+        let cond = out.narrow(0, b, b)?;
+        let guided = cfg_combine(&out.narrow(0, 0, b)?, &cond, self.guidance_scale)?;
+        rescale_guidance(&guided, &cond, self.guidance_rescale)
     }
 
     fn parameterization(&self) -> Parameterization {
@@ -214,6 +222,12 @@ pub fn validate(sd: &StableDiffusion, p: &GenerationParams) -> Result<(usize, us
         return Err(PipelineError::Invalid(format!(
             "height and width must be positive multiples of {f} (the VAE's downsampling factor); got {}x{}",
             p.width, p.height
+        )));
+    }
+    if !(0.0..=1.0).contains(&p.guidance_rescale) {
+        return Err(PipelineError::Invalid(format!(
+            "guidance rescale must be in [0, 1] (0.7 is Lin et al.'s choice), got {}",
+            p.guidance_rescale
         )));
     }
     if !p.guidance_scale.is_finite() {
@@ -367,6 +381,7 @@ pub(crate) fn denoiser<'a>(
         unet: &sd.unet,
         context,
         guidance_scale: p.guidance_scale,
+        guidance_rescale: p.guidance_rescale,
         guided,
         prediction,
         extra,

@@ -90,6 +90,7 @@ fn input(state: &SharedState, r: &Request) -> SpecInput {
         negative_prompt: r.negative_prompt.clone().unwrap_or_default(),
         steps: r.steps.unwrap_or(50),
         guidance: r.cfg_scale.unwrap_or(7.0),
+        guidance_rescale: 0.0,
         seed: r.seed,
         batch: r.batch_size.unwrap_or(1).saturating_mul(r.n_iter.unwrap_or(1)),
         width: Some(r.width.unwrap_or(512)),

@@ -44,6 +44,8 @@ pub struct JobRequest {
     pub negative_prompt: Option<String>,
     pub steps: Option<usize>,
     pub guidance: Option<f64>,
+    /// Guidance rescale φ in [0, 1] (diffusers' `guidance_rescale`), for zero-terminal-SNR models at large guidance.
+    pub guidance_rescale: Option<f64>,
     pub seed: Option<i64>,
     pub batch: Option<usize>,
     pub width: Option<usize>,
@@ -78,6 +80,7 @@ pub async fn submit(
         negative_prompt: r.negative_prompt.clone().unwrap_or_default(),
         steps: r.steps.unwrap_or(25),
         guidance: r.guidance.unwrap_or(7.5),
+        guidance_rescale: r.guidance_rescale.unwrap_or(0.0),
         seed: r.seed,
         batch: r.batch.unwrap_or(1),
         width: r.width,

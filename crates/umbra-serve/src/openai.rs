@@ -64,6 +64,7 @@ fn to_input(state: &SharedState, r: &GenerationRequest) -> ApiResult<SpecInput> 
         negative_prompt: r.negative_prompt.clone().unwrap_or_default(),
         steps: r.steps.unwrap_or(25),
         guidance: r.guidance_scale.unwrap_or(7.5),
+        guidance_rescale: 0.0,
         seed: r.seed,
         batch: r.n.unwrap_or(1),
         width: size.map(|s| s.0),

@@ -45,6 +45,8 @@ pub struct SpecInput {
     pub negative_prompt: String,
     pub steps: usize,
     pub guidance: f64,
+    /// Guidance rescale φ in [0, 1] (diffusers' `guidance_rescale`; 0 = off).
+    pub guidance_rescale: f64,
     /// None or negative: random.
     pub seed: Option<i64>,
     pub batch: usize,
@@ -165,6 +167,12 @@ impl AppState {
         if !input.guidance.is_finite() || !(0.0..=100.0).contains(&input.guidance) {
             return Err(ApiError::field(f.guidance, format!("{} is out of range 0..=100", input.guidance)));
         }
+        if !(0.0..=1.0).contains(&input.guidance_rescale) {
+            return Err(ApiError::field(
+                "guidance_rescale",
+                format!("{} is out of range 0..=1 (0.7 is Lin et al.'s choice)", input.guidance_rescale),
+            ));
+        }
         let (width, height) = self.image_size(&input, f)?;
         let mut solver = match input.sampler.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             Some(s) => load::parse_sd_solver(s).map_err(|e| ApiError::field(f.sampler, e.to_string()))?,
@@ -208,6 +216,7 @@ impl AppState {
             negative_prompt: input.negative_prompt,
             steps: input.steps,
             guidance: input.guidance,
+            guidance_rescale: input.guidance_rescale,
             seed,
             batch: input.batch,
             width,

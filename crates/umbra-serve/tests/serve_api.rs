@@ -530,6 +530,30 @@ fn a_pipeline_written_by_umbra_train_ldm_serves_the_library_s_image() {
         assert_eq!((got.width(), got.height()), (16, 16));
         assert_eq!(got.to_rgb8().into_raw(), want[i], "image {i} differs from the library's");
     }
+    // The native API's guidance_rescale reaches the pipeline: the library's image at φ = 0.7, not at φ = 0.
+    let job = json!({"prompt": "a red square on the left", "steps": 3, "width": 16, "height": 16, "seed": 9,
+                     "guidance": 3.0, "guidance_rescale": 0.7});
+    let r = post_json(a, "/v1/jobs", &job);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let mut done = None;
+    sse(a, &id, |ev, d| {
+        if ev == "done" {
+            done = Some(d.clone());
+        }
+        true
+    });
+    let done = done.expect("a done event");
+    assert_eq!(done["status"], "done", "{done}");
+    let rescaled = GenerationParams { batch: 1, guidance_rescale: 0.7, ..p.clone() };
+    let want = pipelines::to_rgb8(&pipelines::txt2img(&lp.sd, &lp.scheduler, &rescaled).unwrap().images).unwrap();
+    let got = image::load_from_memory(&unb64(done["images"][0].as_str().unwrap())).unwrap().to_rgb8().into_raw();
+    assert_eq!(got, want[0], "the job's image is not the library's at guidance_rescale 0.7");
+    let plain = GenerationParams { batch: 1, ..p.clone() };
+    let plain = pipelines::to_rgb8(&pipelines::txt2img(&lp.sd, &lp.scheduler, &plain).unwrap().images).unwrap();
+    assert_ne!(got, plain[0], "guidance_rescale 0.7 should change the image");
+    let r = post_json(a, "/v1/jobs", &json!({"prompt": "x", "guidance_rescale": 2.0}));
+    assert_eq!((r.status, r.json()["error"]["field"].clone()), (422, json!("guidance_rescale")), "{}", r.text());
     // Without a size: the model's native one (sample_size 8 × the VAE's factor 2).
     let r = post_json(a, "/v1/images/generations", &json!({"prompt": "a blue square", "steps": 2}));
     assert_eq!(r.status, 200, "{}", r.text());

@@ -104,7 +104,8 @@ fn zero_terminal_snr_rescales_sqrt_alpha_bar_as_lin_et_al_algorithm_1() {
     // Lin et al. 2023, Algorithm 1 (diffusers' rescale_zero_terminal_snr) applied to SD's scaled-linear
     // schedule; values computed with Python's math module from that algorithm, in float64.
     let sd = NoiseSchedule::scaled_linear(1000);
-    let floor = 1.0 / 16_777_216.0;
+    let floor = umbra_core::diffusion::schedule::ZERO_SNR_FLOOR;
+    assert_eq!(floor, 2f64.powi(-24));
     let z = sd.zero_terminal_snr(floor).unwrap();
     assert_eq!(z.num_steps(), 1000);
     for (i, want) in [(0, 0.99915), (499, 0.24235916655614528), (998, 1.9678880566211592e-07)] {

@@ -18,9 +18,7 @@ pub enum BetaScheduleName {
     SquaredcosCapV2,
 }
 
-/// The last ᾱ of a zero-terminal-SNR schedule: 2⁻²⁴, as diffusers' Euler-family schedulers set it, so that
-/// σ_max = 4096 stays finite.
-pub const ZERO_SNR_FLOOR: f64 = 1.0 / 16_777_216.0;
+pub use umbra_core::diffusion::schedule::ZERO_SNR_FLOOR;
 
 /// diffusers' `timestep_spacing`: how `steps` inference timesteps are picked from the T training steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -64,16 +64,22 @@ fn check_solver(
 ) -> (Vec<f64>, Vec<f64>) {
     let model = AnalyticGaussian::new(MEAN.to_vec(), STD.to_vec(), p);
     let x = sample_from(solver, &model, &data(2), &noise(1), steps, 1.0, 7, false).unwrap();
-    let (m, s) = column_mean_std(&x).unwrap();
-    eprintln!("{kind:>15} {p:>12} steps={steps:>3}: mean {:.3} {:.3}  std {:.3} {:.3}", m[0], m[1], s[0], s[1]);
+    assert_data_moments(&x, kind, &format!("{kind} {p} steps={steps}"))
+}
+
+/// The samples' mean (±0.05) and std (±5% for deterministic solvers, ±10% for stochastic ones) against the
+/// data's; `UMBRA_NO_ASSERT` only prints them.
+fn assert_data_moments(x: &Tensor, kind: SolverKind, what: &str) -> (Vec<f64>, Vec<f64>) {
+    let (m, s) = column_mean_std(x).unwrap();
+    eprintln!("{what}: mean {:.3} {:.3}  std {:.3} {:.3}", m[0], m[1], s[0], s[1]);
     if std::env::var("UMBRA_NO_ASSERT").is_ok() {
         return (m, s);
     }
     let std_tol = if kind.is_stochastic() { 0.10 } else { 0.05 };
     for d in 0..2 {
-        assert!((m[d] - MEAN[d]).abs() < 0.05, "{kind} {p} steps={steps}: mean[{d}] = {} want {}", m[d], MEAN[d]);
+        assert!((m[d] - MEAN[d]).abs() < 0.05, "{what}: mean[{d}] = {} want {}", m[d], MEAN[d]);
         let rel = (s[d] - STD[d]).abs() / STD[d];
-        assert!(rel < std_tol, "{kind} {p} steps={steps}: std[{d}] = {} want {} (rel err {rel:.3})", s[d], STD[d]);
+        assert!(rel < std_tol, "{what}: std[{d}] = {} want {} (rel err {rel:.3})", s[d], STD[d]);
     }
     (m, s)
 }
@@ -272,12 +278,6 @@ fn zero_terminal_snr_removes_the_bias_from_pure_noise_for_every_solver() {
         let solver = kind.build(&cfg).unwrap();
         assert_eq!(solver.timesteps(10).unwrap()[0], 999.0, "{kind} starts at t = T − 1");
         let x = sample(solver.as_ref(), &model, &noise(1), steps_for(kind), 7, false).unwrap();
-        let (m, s) = column_mean_std(&x).unwrap();
-        eprintln!("zero terminal SNR {kind:>15}: mean {:.3} {:.3}  std {:.3} {:.3}", m[0], m[1], s[0], s[1]);
-        let std_tol = if kind.is_stochastic() { 0.10 } else { 0.05 };
-        for d in 0..2 {
-            assert!((m[d] - MEAN[d]).abs() < 0.05, "{kind}: mean[{d}] = {} want {}", m[d], MEAN[d]);
-            assert!((s[d] - STD[d]).abs() / STD[d] < std_tol, "{kind}: std[{d}] = {} want {}", s[d], STD[d]);
-        }
+        assert_data_moments(&x, kind, &format!("zero terminal SNR, {kind} from pure noise"));
     }
 }

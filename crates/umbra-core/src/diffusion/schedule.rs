@@ -22,6 +22,10 @@ pub enum BetaSchedule {
     Ve { sigma_min: f64, sigma_max: f64 },
 }
 
+/// The last ᾱ of a zero-terminal-SNR schedule ([`NoiseSchedule::zero_terminal_snr`]): 2⁻²⁴, as diffusers'
+/// Euler-family schedulers set it, so that σ_max = 4096 stays finite.
+pub const ZERO_SNR_FLOOR: f64 = 1.0 / 16_777_216.0;
+
 /// A discrete noise schedule: β_i and ᾱ_i = ∏_{j≤i}(1 − β_j) for i = 0..T (index i is the paper's t = i+1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NoiseSchedule {
@@ -118,7 +122,7 @@ impl NoiseSchedule {
     pub fn zero_terminal_snr(&self, floor: f64) -> Result<Self> {
         let n = self.alpha_bar.len();
         let (s0, st) = (self.alpha_bar[0].sqrt(), self.alpha_bar[n - 1].sqrt());
-        if n < 2 || s0 - st <= 0.0 {
+        if n < 2 || st >= s0 {
             return Err(DiffusionError::Schedule(
                 "zero terminal SNR needs at least 2 steps with a decreasing ᾱ".into(),
             ));

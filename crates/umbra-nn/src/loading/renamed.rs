@@ -9,7 +9,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::source::release_copied;
+use super::source::load_released;
 use super::CheckedSource;
 use crate::tokenizer::TokenizerError;
 
@@ -141,8 +141,7 @@ impl RenamedWeights {
     /// Load one tensor (transformed) in its stored dtype.
     pub fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
         let src = self.map.get(name).ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?;
-        let t = self.st.load(&src.name, dev)?;
-        release_copied(&self.st, &src.name);
+        let t = load_released(&self.st, &src.name, dev)?;
         match src.transform {
             Transform::Identity => Ok(t),
             Transform::SqueezeConv1x1 => {

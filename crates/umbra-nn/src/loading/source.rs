@@ -200,13 +200,14 @@ pub(crate) fn build_checked<T>(
     Ok(Err(report))
 }
 
-/// Once tensor `name` has been copied out of the mapping `st` (candle's `load` always copies), drop its mapped
-/// pages from the resident set, so that a checkpoint is not resident twice while it loads.
-pub(crate) fn release_copied(st: &MmapedSafetensors, name: &str) {
-    if let Ok(view) = st.get(name) {
-        // SAFETY: the view's bytes lie in MmapedSafetensors' read-only file mapping.
-        unsafe { umbra_kernels::release_mapped_pages(view.data()) };
-    }
+/// Load tensor `name` from the mapping `st` (candle copies it out) and drop its mapped pages from the resident
+/// set, so that a checkpoint is not resident twice while it loads. Every loader of mapped weights reads through this.
+pub(crate) fn load_released(st: &MmapedSafetensors, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+    let view = st.get(name)?;
+    let t = candle_core::safetensors::Load::load(&view, dev)?;
+    // SAFETY: the view's bytes lie in MmapedSafetensors' read-only file mapping.
+    unsafe { umbra_kernels::release_mapped_pages(view.data()) };
+    Ok(t)
 }
 
 /// Safetensors files whose keys the model sees as `rename(file key)`.
@@ -234,9 +235,7 @@ impl CheckedSource for AliasedFiles {
     }
 
     fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self.st.load(self.file_key(name), dev)?;
-        release_copied(&self.st, self.file_key(name));
-        Ok(t)
+        load_released(&self.st, self.file_key(name), dev)
     }
 
     fn label(&self, name: &str) -> String {
